@@ -1,0 +1,193 @@
+import * as uapi from '../../uapi/index.js';
+import { InvalidArgumentError, isKernelError } from '../errors.js';
+import type { DeviceHandle, DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, KernelOptions, RegionInfo } from '../types.js';
+import { checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64 } from '../validate.js';
+import { IoctlIssuer, structBytes } from './ioctl.js';
+import type { Syscalls } from './libc.js';
+
+const {
+  vfio_device_bind_iommufd, vfio_device_attach_iommufd_pt, vfio_device_detach_iommufd_pt, vfio_device_info,
+  vfio_region_info, vfio_device_feature, vfio_device_feature_dma_logging_control, vfio_device_feature_dma_logging_range,
+  vfio_device_feature_dma_logging_report,
+} = uapi;
+
+/** Which of GET/SET each feature supports: PROBE must ask with exactly those (vfio_check_feature). */
+const FEATURE_OPS: Record<number, number> = {
+  [uapi.VFIO_DEVICE_FEATURE_MIGRATION]: uapi.VFIO_DEVICE_FEATURE_GET,
+  [uapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE]: uapi.VFIO_DEVICE_FEATURE_GET | uapi.VFIO_DEVICE_FEATURE_SET,
+  [uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START]: uapi.VFIO_DEVICE_FEATURE_SET,
+  [uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP]: uapi.VFIO_DEVICE_FEATURE_SET,
+  [uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT]: uapi.VFIO_DEVICE_FEATURE_GET,
+  [uapi.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE]: uapi.VFIO_DEVICE_FEATURE_GET,
+};
+
+/** The most ranges DMA_LOGGING_START takes (PAGE_SIZE / sizeof(range)); more is E2BIG. */
+export const DMA_LOGGING_MAX_RANGES = 4096 / vfio_device_feature_dma_logging_range.size;
+
+/** A VFIO device fd: a cdev (`/dev/vfio/devices/vfioN`) or one from VFIO_GROUP_GET_DEVICE_FD. */
+export class LinuxDevice implements DeviceHandle {
+  private boundDevId: number | undefined;
+  private isClosed = false;
+  private readonly io: IoctlIssuer;
+  private readonly validate: boolean;
+
+  constructor(
+    sys: Syscalls,
+    readonly name: string,
+    readonly kind: 'cdev' | 'group',
+    readonly fd: number,
+    options: KernelOptions = {},
+  ) {
+    this.io = new IoctlIssuer(sys);
+    this.validate = options.validateArguments ?? true;
+  }
+
+  get devId(): number | undefined {
+    return this.boundDevId;
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  bindIommufd(iommufd: IommufdHandle): number {
+    if (this.validate && iommufd.closed) throw new InvalidArgumentError('iommufd', 'is closed');
+    // The 6.12 size: newer kernels' token_uuid_ptr is only sent with VFIO_DEVICE_BIND_FLAG_TOKEN.
+    const size = vfio_device_bind_iommufd.sizeBefore('token_uuid_ptr');
+    const s = vfio_device_bind_iommufd.encode({ argsz: size, iommufd: iommufd.fd }, size);
+    this.call('VFIO_DEVICE_BIND_IOMMUFD', uapi.VFIO_DEVICE_BIND_IOMMUFD, s, { iommufd: iommufd.fd });
+    this.boundDevId = vfio_device_bind_iommufd.readNumber(s, 'out_devid');
+    return this.boundDevId;
+  }
+
+  attachPt(ptId: number): number {
+    if (this.validate) checkU32('ptId', ptId);
+    const size = vfio_device_attach_iommufd_pt.sizeBefore('pasid');
+    const s = vfio_device_attach_iommufd_pt.encode({ argsz: size, pt_id: ptId }, size);
+    this.call('VFIO_DEVICE_ATTACH_IOMMUFD_PT', uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, s, { dev_id: this.boundDevId ?? -1, pt_id: ptId });
+    return vfio_device_attach_iommufd_pt.readNumber(s, 'pt_id');
+  }
+
+  detachPt(): void {
+    const size = vfio_device_detach_iommufd_pt.sizeBefore('pasid');
+    const s = vfio_device_detach_iommufd_pt.encode({ argsz: size }, size);
+    this.call('VFIO_DEVICE_DETACH_IOMMUFD_PT', uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, s, { dev_id: this.boundDevId ?? -1 });
+  }
+
+  getInfo(): DeviceInfo {
+    const s = vfio_device_info.encode({ argsz: vfio_device_info.size });
+    this.call('VFIO_DEVICE_GET_INFO', uapi.VFIO_DEVICE_GET_INFO, s, {});
+    return {
+      flags: vfio_device_info.readNumber(s, 'flags'),
+      numRegions: vfio_device_info.readNumber(s, 'num_regions'),
+      numIrqs: vfio_device_info.readNumber(s, 'num_irqs'),
+    };
+  }
+
+  getRegionInfo(index: number): RegionInfo {
+    if (this.validate) checkU32('index', index);
+    const s = vfio_region_info.encode({ argsz: vfio_region_info.size, index });
+    this.call('VFIO_DEVICE_GET_REGION_INFO', uapi.VFIO_DEVICE_GET_REGION_INFO, s, { index });
+    return {
+      index,
+      flags: vfio_region_info.readNumber(s, 'flags'),
+      size: vfio_region_info.readBigint(s, 'size'),
+      offset: vfio_region_info.readBigint(s, 'offset'),
+    };
+  }
+
+  regionRead(index: number, offset: bigint, length: number): Uint8Array {
+    const region = this.regionSpan(index, offset, BigInt(length));
+    const buffer = structBytes(length);
+    const n = this.io.check(this.io.sys.pread(this.fd, buffer, region + offset), 'pread', { index, offset });
+    if (n !== length) throw new InvalidArgumentError('length', `region ${index} gave ${n} of ${length} bytes at 0x${offset.toString(16)}`);
+    return buffer;
+  }
+
+  regionWrite(index: number, offset: bigint, data: Uint8Array): void {
+    const region = this.regionSpan(index, offset, BigInt(data.byteLength));
+    const n = this.io.check(this.io.sys.pwrite(this.fd, data, region + offset), 'pwrite', { index, offset });
+    if (n !== data.byteLength) throw new InvalidArgumentError('data', `region ${index} took ${n} of ${data.byteLength} bytes`);
+  }
+
+  reset(): void {
+    this.call('VFIO_DEVICE_RESET', uapi.VFIO_DEVICE_RESET, undefined, {});
+  }
+
+  featureProbe(feature: number): boolean {
+    if (this.validate) checkU32('feature', feature);
+    const ops = FEATURE_OPS[feature] ?? uapi.VFIO_DEVICE_FEATURE_GET;
+    const s = vfio_device_feature.encode({ argsz: vfio_device_feature.size, flags: feature | ops | uapi.VFIO_DEVICE_FEATURE_PROBE });
+    try {
+      this.call('VFIO_DEVICE_FEATURE', uapi.VFIO_DEVICE_FEATURE, s, { feature });
+      return true;
+    } catch (error) {
+      // ENOTTY: the driver does not have the feature at all.
+      if (isKernelError(error, 'ENOTTY')) return false;
+      throw error;
+    }
+  }
+
+  dmaLoggingStart(pageSize: bigint, ranges: readonly DmaLoggingRange[]): bigint {
+    if (this.validate) {
+      checkPageSize('pageSize', pageSize);
+      if (ranges.length === 0) throw new InvalidArgumentError('ranges', 'must list at least one IOVA range');
+      if (ranges.length > DMA_LOGGING_MAX_RANGES) {
+        throw new InvalidArgumentError('ranges', `${ranges.length} ranges; the kernel takes at most ${DMA_LOGGING_MAX_RANGES}: combine them first`);
+      }
+      ranges.forEach((range, index) => checkRange(`ranges[${index}]`, range.iova, range.length));
+    }
+    const array = structBytes(Math.max(1, ranges.length) * vfio_device_feature_dma_logging_range.size);
+    ranges.forEach((range, index) =>
+      vfio_device_feature_dma_logging_range.write(array, { iova: range.iova, length: range.length }, index * vfio_device_feature_dma_logging_range.size),
+    );
+    const header = vfio_device_feature.size;
+    const s = structBytes(header + vfio_device_feature_dma_logging_control.size);
+    const pointers = this.io.pointers();
+    vfio_device_feature.write(s, { argsz: s.byteLength, flags: uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START | uapi.VFIO_DEVICE_FEATURE_SET });
+    vfio_device_feature_dma_logging_control.write(s, { page_size: pageSize, num_ranges: ranges.length, ranges: pointers.pointer(array) }, header);
+    this.call('VFIO_DEVICE_FEATURE', uapi.VFIO_DEVICE_FEATURE, s, { feature: 'DMA_LOGGING_START', num_ranges: ranges.length, page_size: pageSize }, pointers);
+    return vfio_device_feature_dma_logging_control.readBigint(s, 'page_size', header);
+  }
+
+  dmaLoggingStop(): void {
+    const s = vfio_device_feature.encode({ argsz: vfio_device_feature.size, flags: uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP | uapi.VFIO_DEVICE_FEATURE_SET });
+    this.call('VFIO_DEVICE_FEATURE', uapi.VFIO_DEVICE_FEATURE, s, { feature: 'DMA_LOGGING_STOP' });
+  }
+
+  dmaLoggingReport(request: DirtyBitmapRequest): void {
+    if (this.validate) checkBitmapRequest('report', request);
+    const header = vfio_device_feature.size;
+    const s = structBytes(header + vfio_device_feature_dma_logging_report.size);
+    const pointers = this.io.pointers();
+    vfio_device_feature.write(s, { argsz: s.byteLength, flags: uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT | uapi.VFIO_DEVICE_FEATURE_GET });
+    vfio_device_feature_dma_logging_report.write(s, {
+      iova: request.iova, length: request.length, page_size: request.pageSize, bitmap: pointers.pointer(request.bitmap),
+    }, header);
+    this.call('VFIO_DEVICE_FEATURE', uapi.VFIO_DEVICE_FEATURE, s, {
+      feature: 'DMA_LOGGING_REPORT', iova: request.iova, length: request.length, page_size: request.pageSize,
+    }, pointers);
+  }
+
+  close(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    this.io.check(this.io.sys.close(this.fd), 'close', { fd: this.fd });
+  }
+
+  private call(name: string, request: number, arg: Uint8Array | undefined, objects: Record<string, number | bigint | string>, pointers?: ReturnType<IoctlIssuer['pointers']>): void {
+    if (this.isClosed) throw new InvalidArgumentError('device', `${this.name} is closed`);
+    this.io.call(this.fd, name, request, arg, { device: this.name, ...objects }, pointers);
+  }
+
+  /** The region's offset in the device fd, after checking the access stays inside it. */
+  private regionSpan(index: number, offset: bigint, length: bigint): bigint {
+    checkU64('offset', offset);
+    checkLength('length', length);
+    const region = this.getRegionInfo(index);
+    if (offset + length > region.size) {
+      throw new InvalidArgumentError('offset', `0x${offset.toString(16)} + ${length} passes region ${index}'s size 0x${region.size.toString(16)}`);
+    }
+    return region.offset;
+  }
+}

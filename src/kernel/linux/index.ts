@@ -1,0 +1,74 @@
+// The real-hardware kernel: /dev/iommu, VFIO cdevs, the legacy container and groups, through
+// libc ioctls (koffi). Struct layouts and numbers come from src/uapi.
+import { InvalidArgumentError } from '../errors.js';
+import type { DeviceHandle, DeviceLocation, GroupHandle, HostMemory, IommufdHandle, Kernel, KernelOptions, LegacyContainerHandle } from '../types.js';
+import { LinuxDevice } from './device.js';
+import { IoctlIssuer } from './ioctl.js';
+import { LinuxIommufd } from './iommufd.js';
+import { LinuxGroup, LinuxLegacyContainer } from './legacy.js';
+import { libcSyscalls, O_CLOEXEC, O_RDWR, type Syscalls } from './libc.js';
+import { MmapMemory } from './memory.js';
+import { listVfioDevices, locateDevice, type SysfsRoots } from './sysfs.js';
+
+export { LinuxDevice } from './device.js';
+export { LinuxIommufd, encodeIovaRanges, decodeIovaRanges } from './iommufd.js';
+export { LinuxGroup, LinuxLegacyContainer, parseType1Info } from './legacy.js';
+export { MmapMemory } from './memory.js';
+export { MockDevice } from './mock-device.js';
+export { locateDevice, listVfioDevices } from './sysfs.js';
+export type { Syscalls } from './libc.js';
+
+export interface LinuxKernelOptions {
+  /** Replaces libc (tests record ioctls with it). */
+  readonly syscalls?: Syscalls;
+  readonly sysfs?: SysfsRoots;
+  /** `/dev/iommu` by default. */
+  readonly iommuPath?: string;
+}
+
+export class LinuxKernel implements Kernel {
+  readonly name = 'linux' as const;
+  private readonly sys: Syscalls;
+
+  constructor(private readonly options: LinuxKernelOptions = {}) {
+    this.sys = options.syscalls ?? libcSyscalls();
+  }
+
+  openIommufd(options?: KernelOptions): IommufdHandle {
+    return new LinuxIommufd(this.sys, options, this.options.iommuPath);
+  }
+
+  locateDevice(location: string): DeviceLocation {
+    return locateDevice(location, this.options.sysfs);
+  }
+
+  listDevices(): DeviceLocation[] {
+    return listVfioDevices(this.options.sysfs);
+  }
+
+  openDevice(location: string, options?: KernelOptions): DeviceHandle {
+    const found = this.locateDevice(location);
+    if (!found.cdevPath) {
+      throw new InvalidArgumentError('device', `${found.name} has no VFIO cdev (driver ${found.driver ?? 'none'}): bind it to vfio-pci on a kernel with CONFIG_VFIO_DEVICE_CDEV, or use the legacy group`);
+    }
+    const fd = new IoctlIssuer(this.sys).check(this.sys.open(found.cdevPath, O_RDWR | O_CLOEXEC), 'open', { path: found.cdevPath });
+    return new LinuxDevice(this.sys, found.name, 'cdev', fd, options);
+  }
+
+  openLegacyContainer(options?: KernelOptions): LegacyContainerHandle {
+    return new LinuxLegacyContainer(this.sys, options);
+  }
+
+  openGroup(groupId: number, options?: KernelOptions): GroupHandle {
+    return new LinuxGroup(this.sys, groupId, options);
+  }
+
+  allocateHostMemory(length: bigint): HostMemory {
+    return new MmapMemory(this.sys, length);
+  }
+}
+
+/** The real kernel. */
+export function linuxKernel(options?: LinuxKernelOptions): LinuxKernel {
+  return new LinuxKernel(options);
+}

@@ -1,0 +1,81 @@
+// The only module that imports koffi: libc's open/close/ioctl/mmap/munmap/pread/pwrite, with
+// errno read right after each call. Everything else in linux/ goes through `Syscalls`, so the
+// encoding logic can be unit-tested with recorded fixtures and no kernel.
+import koffi from 'koffi';
+
+export const O_RDWR = 0o2;
+export const O_CLOEXEC = 0o2000000;
+export const PROT_READ = 0x1;
+export const PROT_WRITE = 0x2;
+export const MAP_PRIVATE = 0x02;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MAP_FAILED = (1n << 64n) - 1n;
+
+/** An ioctl argument: a struct's bytes, an integer (passed as unsigned long), a string, or none. */
+export type IoctlArgument = Uint8Array | number | string | undefined;
+
+export interface Syscalls {
+  open(path: string, flags: number): number;
+  close(fd: number): number;
+  /**
+   * `held` lists every buffer whose address was written into `arg`. Passing them as an argument
+   * keeps them referenced until the ioctl returns: the kernel never sees an address of memory
+   * the library no longer holds.
+   */
+  ioctl(fd: number, request: number, arg: IoctlArgument, held: readonly Uint8Array[]): number;
+  /** errno of the last failed call on this thread. */
+  errno(): number;
+  /** The address of a view's first byte (its byteOffset included). */
+  address(view: Uint8Array): bigint;
+  mmap(length: bigint, prot: number, flags: number, fd: number, offset: bigint): bigint;
+  munmap(address: bigint, length: bigint): number;
+  /** A view of process memory at `address` (for mmap'd memory). */
+  view(address: bigint, length: number): Uint8Array;
+  pread(fd: number, buffer: Uint8Array, offset: bigint): number;
+  pwrite(fd: number, buffer: Uint8Array, offset: bigint): number;
+}
+
+let cached: Syscalls | undefined;
+
+/** libc through koffi, loaded once. */
+export function libcSyscalls(): Syscalls {
+  if (cached) return cached;
+  const libc = koffi.load('libc.so.6');
+  const open = libc.func('int open(const char *path, int flags, ...)');
+  const close = libc.func('int close(int fd)');
+  const ioctl = libc.func('int ioctl(int fd, unsigned long request, ...)');
+  const mmap = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)');
+  const munmap = libc.func('int munmap(void *addr, size_t length)');
+  const pread = libc.func('long pread(int fd, void *buf, size_t count, int64_t offset)');
+  const pwrite = libc.func('long pwrite(int fd, const void *buf, size_t count, int64_t offset)');
+  cached = {
+    open: (path, flags) => open(path, flags, 'int', 0) as number,
+    close: (fd) => close(fd) as number,
+    ioctl: (fd, request, arg, held) => {
+      let rc: number;
+      if (arg === undefined) rc = ioctl(fd, request) as number;
+      else if (typeof arg === 'number') rc = ioctl(fd, request, 'unsigned long', arg) as number;
+      else if (typeof arg === 'string') rc = ioctl(fd, request, 'const char *', arg) as number;
+      else rc = ioctl(fd, request, 'void *', arg) as number;
+      // Read after the call so that the engine cannot drop the buffers the struct points into.
+      if (held.length < 0) throw new Error('unreachable');
+      return rc;
+    },
+    errno: () => koffi.errno(),
+    address: (view) => {
+      // Touching .buffer moves a small on-heap typed array off the heap, where it cannot move.
+      void view.buffer;
+      return koffi.address(view);
+    },
+    mmap: (length, prot, flags, fd, offset) => {
+      const result = mmap(null, length, prot, flags, fd, offset) as bigint | null;
+      return result === null ? MAP_FAILED : BigInt(result);
+    },
+    munmap: (address, length) => munmap(address, length) as number,
+    view: (address, length) => new Uint8Array(koffi.view(address, length)),
+    pread: (fd, buffer, offset) => Number(pread(fd, buffer, buffer.byteLength, offset)),
+    pwrite: (fd, buffer, offset) => Number(pwrite(fd, buffer, buffer.byteLength, offset)),
+  };
+  return cached;
+}

@@ -1,0 +1,89 @@
+import { existsSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { InvalidArgumentError } from '../errors.js';
+import type { DeviceLocation } from '../types.js';
+
+const PCI_ADDRESS = /^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export interface SysfsRoots {
+  /** `/sys` (tests point it at a fixture tree). */
+  readonly sys: string;
+}
+
+const WHAT_IS_ALLOWED =
+  'give a PCI address (0000:00:03.0), a sysfs device path (/sys/bus/pci/devices/...), a VFIO cdev (/dev/vfio/devices/vfioN) or an mdev UUID';
+
+/** Finds a device's sysfs node, VFIO cdev, IOMMU group and driver from any of the names users have for it. */
+export function locateDevice(location: string, roots: SysfsRoots = { sys: '/sys' }): DeviceLocation {
+  if (typeof location !== 'string' || location.length === 0) throw new InvalidArgumentError('device', `is empty: ${WHAT_IS_ALLOWED}`);
+  const sysfsPath = sysfsPathOf(location, roots);
+  if (!sysfsPath || !existsSync(sysfsPath)) throw new InvalidArgumentError('device', `${JSON.stringify(location)} was not found: ${WHAT_IS_ALLOWED}`);
+  const name = basename(sysfsPath);
+  const mdev = existsSync(join(sysfsPath, 'mdev_type'));
+  let cdevPath: string | undefined;
+  try {
+    const entries = readdirSync(join(sysfsPath, 'vfio-dev')).filter((entry) => entry.startsWith('vfio'));
+    if (entries[0]) cdevPath = `/dev/vfio/devices/${entries[0]}`;
+  } catch {
+    cdevPath = undefined; // no VFIO cdev: not bound to a VFIO driver, or a kernel without VFIO_DEVICE_CDEV
+  }
+  return {
+    name,
+    sysfsPath,
+    pciAddress: PCI_ADDRESS.test(name) ? name.toLowerCase() : undefined,
+    cdevPath,
+    groupId: linkNumber(join(sysfsPath, 'iommu_group')),
+    mdev,
+    driver: linkName(join(sysfsPath, 'driver')),
+  };
+}
+
+/** Devices bound to a VFIO driver (with a cdev or a group), and mdevs. */
+export function listVfioDevices(roots: SysfsRoots = { sys: '/sys' }): DeviceLocation[] {
+  const found: DeviceLocation[] = [];
+  for (const bus of ['pci', 'mdev']) {
+    let names: string[] = [];
+    try {
+      names = readdirSync(join(roots.sys, 'bus', bus, 'devices'));
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      const location = locateDevice(join(roots.sys, 'bus', bus, 'devices', name), roots);
+      if (location.cdevPath || location.mdev || location.driver?.startsWith('vfio')) found.push(location);
+    }
+  }
+  return found;
+}
+
+function sysfsPathOf(location: string, roots: SysfsRoots): string | undefined {
+  const pci = PCI_ADDRESS.exec(location);
+  if (pci) return resolve(join(roots.sys, 'bus/pci/devices', `${pci[1] ?? '0000'}:${pci[2]}:${pci[3]}.${pci[4]}`.toLowerCase()));
+  if (UUID.test(location)) return resolve(join(roots.sys, 'bus/mdev/devices', location.toLowerCase()));
+  const cdev = /^\/dev\/vfio\/devices\/(vfio\d+)$/.exec(location);
+  if (cdev) return resolve(join(roots.sys, 'class/vfio-dev', cdev[1]!, 'device'));
+  if (location.startsWith(roots.sys + '/') || location.startsWith('/sys/')) return resolve(location);
+  return undefined;
+}
+
+function resolve(path: string): string | undefined {
+  try {
+    return realpathSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+function linkName(path: string): string | undefined {
+  try {
+    return basename(readlinkSync(path));
+  } catch {
+    return undefined;
+  }
+}
+
+function linkNumber(path: string): number | undefined {
+  const name = linkName(path);
+  return name !== undefined && /^\d+$/.test(name) ? Number(name) : undefined;
+}

@@ -1,0 +1,89 @@
+// A Syscalls that records every call and answers ioctls from handlers: used to test the shim's
+// encoding, decoding and retries on byte fixtures built from the header layouts. It is not a
+// kernel: each test scripts exactly the bytes a kernel would write for one call.
+import type { IoctlArgument, Syscalls } from '../../src/kernel/linux/libc.js';
+
+export interface RecordedIoctl {
+  readonly fd: number;
+  readonly request: number;
+  /** The struct bytes as they were when the ioctl was issued. */
+  readonly sent: Uint8Array | number | string | undefined;
+  readonly held: readonly Uint8Array[];
+}
+
+export type IoctlHandler = (arg: IoctlArgument, call: { resolve: (address: bigint) => Uint8Array; held: readonly Uint8Array[] }) => number | { errno: number };
+
+export class RecordingSyscalls implements Syscalls {
+  readonly ioctls: RecordedIoctl[] = [];
+  readonly opened: string[] = [];
+  readonly closed: number[] = [];
+  handlers = new Map<number, IoctlHandler>();
+  private lastErrno = 0;
+  private nextFd = 100;
+  private nextAddress = 0x7f00_0000_0000n;
+  private readonly views = new Map<bigint, Uint8Array>();
+
+  open(path: string): number {
+    this.opened.push(path);
+    return this.nextFd++;
+  }
+
+  close(fd: number): number {
+    this.closed.push(fd);
+    return 0;
+  }
+
+  ioctl(fd: number, request: number, arg: IoctlArgument, held: readonly Uint8Array[]): number {
+    this.ioctls.push({ fd, request, sent: arg instanceof Uint8Array ? arg.slice() : arg, held: [...held] });
+    const handler = this.handlers.get(request);
+    if (!handler) {
+      this.lastErrno = 25; // ENOTTY, as the kernel answers an ioctl it does not know
+      return -1;
+    }
+    const result = handler(arg, { resolve: (address) => this.resolve(address, held), held });
+    if (typeof result === 'number') return result;
+    this.lastErrno = result.errno;
+    return -1;
+  }
+
+  errno(): number {
+    return this.lastErrno;
+  }
+
+  address(view: Uint8Array): bigint {
+    for (const [address, known] of this.views) if (known === view) return address;
+    const address = this.nextAddress;
+    this.nextAddress += BigInt(view.byteLength + 4096);
+    this.views.set(address, view);
+    return address;
+  }
+
+  /** The view behind an address, only if the call holds it (as the real call keeps it alive). */
+  resolve(address: bigint, held: readonly Uint8Array[]): Uint8Array {
+    const view = this.views.get(address);
+    if (!view || !held.includes(view)) throw new Error(`address 0x${address.toString(16)} is not held by this call`);
+    return view;
+  }
+
+  mmap(length: bigint): bigint {
+    const address = this.nextAddress;
+    this.nextAddress += length + 4096n;
+    return address;
+  }
+
+  munmap(): number {
+    return 0;
+  }
+
+  view(): Uint8Array {
+    throw new Error('no memory behind recorded mmap');
+  }
+
+  pread(): number {
+    return -1;
+  }
+
+  pwrite(): number {
+    return -1;
+  }
+}
