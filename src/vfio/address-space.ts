@@ -1,0 +1,446 @@
+import { InvalidArgumentError, isKernelError } from '../kernel/errors.js';
+import type { DeviceHandle, DeviceLocation, HostMemory, IommufdHandle, Kernel } from '../kernel/types.js';
+import { checkLength, checkU64, U64_MAX } from '../kernel/validate.js';
+import * as uapi from '../uapi/index.js';
+import type { Container, ContainerTopology, Mapping, UnmapBitmap } from './container.js';
+import { Device, type DeviceBackend } from './device.js';
+import { VfioSetupError } from './errors.js';
+import { HostIommuInfo } from './host-iommu-info.js';
+import { IommufdContainer } from './iommufd-container.js';
+import { LegacyContainer } from './legacy-container.js';
+import { UndoStack } from './undo.js';
+
+export type IommufdChoice = 'on' | 'off' | 'auto';
+
+export interface AddressSpaceOptions {
+  /** Default backend choice for attach: iommufd on, off (legacy), or auto (iommufd where the kernel and device have it). */
+  readonly iommufd?: IommufdChoice;
+  /** Host page size: mappings are aligned to it (default 4 KiB). */
+  readonly pageSize?: bigint;
+}
+
+export interface AttachOptions {
+  readonly iommufd?: IommufdChoice;
+  /** A display name (default: the located device's name). */
+  readonly name?: string;
+}
+
+export interface MapRequest {
+  readonly iova: bigint;
+  readonly size: bigint;
+  /** Host memory behind the mapping; allocated (and later released) by the space when omitted. */
+  readonly memory?: HostMemory;
+  readonly memoryOffset?: bigint;
+  readonly readonly?: boolean;
+}
+
+export interface IovaSpan {
+  readonly iova: bigint;
+  readonly size: bigint;
+}
+
+/**
+ * Hooks for dirty tracking around mapping changes: during migration an unmap must not lose
+ * the dirty state of what it removes (IOMMU trackers read with NO_CLEAR before it, type1 reads
+ * through the unmap's bitmap, device logging reads after it).
+ */
+export interface MappingObserver {
+  afterMap?(mapping: Mapping): void | Promise<void>;
+  beforeUnmap?(span: IovaSpan, mappings: readonly Mapping[]): void | Promise<void>;
+  /** A bitmap for a legacy container's unmap to fill (VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP). */
+  type1UnmapBitmap?(container: LegacyContainer, span: IovaSpan): UnmapBitmap | undefined;
+  afterUnmap?(span: IovaSpan, mappings: readonly Mapping[], type1Bitmaps: ReadonlyMap<LegacyContainer, UnmapBitmap>): void | Promise<void>;
+}
+
+export interface Topology {
+  readonly containers: ContainerTopology[];
+  readonly devices: { name: string; backend: DeviceBackend; tracker: string; container: number; hwpt: number | undefined }[];
+}
+
+const MOCK_LOCATION = /^mock(?::(no-dirty|huge-iova|dirty))*$/;
+
+/**
+ * The IOVA space of one guest: its mappings, the containers they are replayed into, and the
+ * devices attached through iommufd or the legacy group/container path. Operations on a space
+ * run one at a time, and each one that fails half-way undoes what it did.
+ */
+export class AddressSpace {
+  private readonly containerList: Container[] = [];
+  private readonly deviceList: Device[] = [];
+  private readonly mappingList: Mapping[] = [];
+  private readonly observers = new Set<MappingObserver>();
+  private iommufd: IommufdHandle | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+  readonly pageSize: bigint;
+
+  constructor(readonly kernel: Kernel, private readonly options: AddressSpaceOptions = {}) {
+    const pageSize = options.pageSize ?? 4096n;
+    if (pageSize <= 0n || (pageSize & (pageSize - 1n)) !== 0n) throw new InvalidArgumentError('pageSize', `must be a power of two, got ${pageSize}`);
+    this.pageSize = pageSize;
+  }
+
+  get containers(): readonly Container[] {
+    return this.containerList;
+  }
+
+  get devices(): readonly Device[] {
+    return this.deviceList;
+  }
+
+  /** Mappings in IOVA order. */
+  get mappings(): readonly Mapping[] {
+    return this.mappingList;
+  }
+
+  /** The iommufd all of this space's iommufd containers share, once one was needed. */
+  get iommufdHandle(): IommufdHandle | undefined {
+    return this.iommufd;
+  }
+
+  device(name: string): Device {
+    const device = this.deviceList.find((d) => d.name === name);
+    if (!device) throw new InvalidArgumentError('device', `${JSON.stringify(name)} is not attached to this address space`);
+    return device;
+  }
+
+  addObserver(observer: MappingObserver): () => void {
+    this.observers.add(observer);
+    return () => this.observers.delete(observer);
+  }
+
+  /**
+   * Attaches a device found by sysfs path, PCI address, cdev path or simulated name, or a kernel
+   * test mock device (`mock`, `mock:no-dirty`) on a kernel that has them.
+   */
+  attach(location: string, options: AttachOptions = {}): Promise<Device> {
+    return this.serialize(() => this.attachNow(location, options));
+  }
+
+  detach(device: Device | string): Promise<void> {
+    return this.serialize(() => this.detachNow(typeof device === 'string' ? this.device(device) : device));
+  }
+
+  map(request: MapRequest): Promise<Mapping> {
+    return this.serialize(() => this.mapNow(request));
+  }
+
+  unmap(span: IovaSpan): Promise<readonly Mapping[]> {
+    return this.serialize(() => this.unmapNow(span));
+  }
+
+  topology(): Topology {
+    return {
+      containers: this.containerList.map((c) => c.describe()),
+      devices: this.deviceList.map((d) => ({
+        name: d.name,
+        backend: d.backend,
+        tracker: d.dirtyTracker,
+        container: this.containerList.indexOf(d.container),
+        hwpt: d.hwpt?.id,
+      })),
+    };
+  }
+
+  /** Detaches every device, unmaps everything and closes the iommufd. */
+  close(): Promise<void> {
+    return this.serialize(async () => {
+      for (const device of [...this.deviceList].reverse()) await this.detachNow(device);
+      // Containers an earlier failed cleanup left behind.
+      for (const container of [...this.containerList]) this.releaseUnused(container);
+      for (const mapping of [...this.mappingList]) {
+        this.mappingList.splice(this.mappingList.indexOf(mapping), 1);
+        if (mapping.ownsMemory) mapping.memory.release();
+      }
+      this.iommufd?.close();
+      this.iommufd = undefined;
+      this.closed = true;
+    });
+  }
+
+  private serialize<T>(operation: () => Promise<T> | T): Promise<T> {
+    const run = this.queue.then(() => {
+      if (this.closed) throw new InvalidArgumentError('address space', 'is closed');
+      return operation();
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  // ---- attach ----
+
+  private async attachNow(location: string, options: AttachOptions): Promise<Device> {
+    if (typeof location !== 'string' || location.length === 0) throw new InvalidArgumentError('device', 'must name a device');
+    const choice = options.iommufd ?? this.options.iommufd ?? 'auto';
+    if (!['on', 'off', 'auto'].includes(choice)) throw new InvalidArgumentError('iommufd', `must be on, off or auto, got ${JSON.stringify(choice)}`);
+    if (MOCK_LOCATION.test(location)) {
+      if (choice === 'off') throw new InvalidArgumentError('iommufd', 'kernel test mock devices exist only on iommufd');
+      return new UndoStack().run((undo) => this.attachMock(location, options.name, undo));
+    }
+    const found = this.kernel.locateDevice(location);
+    const name = options.name ?? found.name;
+    if (this.deviceList.some((d) => d.name === name)) throw new InvalidArgumentError('device', `${name} is already attached to this address space`);
+    const backend = this.chooseBackend(found, choice);
+    return new UndoStack().run((undo) => (backend === 'iommufd' ? this.attachIommufd(found, name, undo) : this.attachLegacy(found, name, undo)));
+  }
+
+  private chooseBackend(found: DeviceLocation, choice: IommufdChoice): DeviceBackend {
+    if (choice === 'on') {
+      if (!found.cdevPath) throw new VfioSetupError(`${found.name} has no VFIO cdev: iommufd needs the device bound to a VFIO driver on a kernel with CONFIG_VFIO_DEVICE_CDEV`);
+      return 'iommufd';
+    }
+    if (choice === 'off' || !found.cdevPath) {
+      if (found.groupId === undefined) throw new VfioSetupError(`${found.name} has neither a VFIO cdev nor an IOMMU group: bind it to vfio-pci`);
+      return 'legacy';
+    }
+    return 'iommufd';
+  }
+
+  private openIommufd(undo: UndoStack): IommufdHandle {
+    if (this.iommufd) return this.iommufd;
+    const handle = this.kernel.openIommufd();
+    this.iommufd = handle;
+    undo.push('close iommufd', () => {
+      this.iommufd = undefined;
+      handle.close();
+    });
+    return handle;
+  }
+
+  private attachIommufd(found: DeviceLocation, name: string, undo: UndoStack): Device {
+    const iommufd = this.openIommufd(undo);
+    const handle = this.kernel.openDevice(found.sysfsPath ?? found.name);
+    undo.push(`close ${name}`, () => handle.close());
+    const devId = handle.bindIommufd(iommufd);
+    // Read before choosing a HWPT: whether the IOMMU tracks dirty pages decides which HWPT fits.
+    const hostIommu = found.mdev ? undefined : new HostIommuInfo(iommufd.getHwInfo(devId));
+    const dmaLogging = handle.featureProbe(uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START);
+    const info = handle.getInfo();
+    const place = (container: IommufdContainer) =>
+      new Device(name, handle, 'iommufd', container, found, hostIommu, info, dmaLogging, found.groupId);
+
+    // Reuse a container of this iommufd: an attach refused with EINVAL means the IOAS does
+    // not fit the device (aperture, reserved regions); undo that try and take the next one.
+    for (const container of this.iommufdContainers()) {
+      const mark = undo.mark;
+      try {
+        const device = place(container);
+        container.autoDomains.attach(device, undo);
+        container.refreshIovaRanges();
+        return this.adopt(device, container, undo);
+      } catch (error) {
+        const failures = undo.unwindTo(mark);
+        if (!isKernelError(error, 'EINVAL') || failures.length) throw error;
+      }
+    }
+    const container = this.createIommufdContainer(iommufd, undo);
+    const device = place(container);
+    container.autoDomains.attach(device, undo);
+    container.refreshIovaRanges();
+    return this.adopt(device, container, undo);
+  }
+
+  private attachMock(location: string, displayName: string | undefined, undo: UndoStack): Device {
+    const iommufd = this.openIommufd(undo);
+    const test = iommufd.test;
+    if (!test || !test.available()) throw new VfioSetupError('this kernel has no test mock devices (CONFIG_IOMMUFD_TEST)');
+    const words = location.split(':').slice(1);
+    const container = this.iommufdContainers()[0] ?? this.createIommufdContainer(iommufd, undo);
+    // The mock is born attached to the IOAS (a kernel auto domain); AutoDomains then moves it.
+    const handle: DeviceHandle = test.mockDomain(container.ioasId, { noDirty: words.includes('no-dirty'), hugeIova: words.includes('huge-iova') });
+    undo.push(`destroy ${handle.name}`, () => handle.close());
+    const name = displayName ?? handle.name;
+    if (this.deviceList.some((d) => d.name === name)) throw new InvalidArgumentError('device', `${name} is already attached to this address space`);
+    const hostIommu = new HostIommuInfo(iommufd.getHwInfo(handle.devId!));
+    const device = new Device(name, handle, 'iommufd', container, undefined, hostIommu, undefined, false, undefined);
+    container.autoDomains.attach(device, undo);
+    container.refreshIovaRanges();
+    return this.adopt(device, container, undo);
+  }
+
+  private iommufdContainers(): IommufdContainer[] {
+    return this.containerList.filter((c): c is IommufdContainer => c instanceof IommufdContainer);
+  }
+
+  private createIommufdContainer(iommufd: IommufdHandle, undo: UndoStack): IommufdContainer {
+    const ioasId = iommufd.ioasAlloc();
+    undo.push(`destroy IOAS ${ioasId}`, () => iommufd.destroy(ioasId));
+    const container = new IommufdContainer(iommufd, ioasId);
+    // Replay the space's mappings: the destroy above drops them all on failure.
+    for (const mapping of this.mappingList) container.map(mapping);
+    this.containerList.push(container);
+    undo.push('forget the new container', () => this.containerList.splice(this.containerList.indexOf(container), 1));
+    return container;
+  }
+
+  private attachLegacy(found: DeviceLocation, name: string, undo: UndoStack): Device {
+    const groupId = found.groupId!;
+    let container = this.legacyContainers().find((c) => c.groups.has(groupId));
+    if (!container) {
+      const group = this.kernel.openGroup(groupId);
+      undo.push(`close group ${groupId}`, () => group.close());
+      if (!group.getStatus().viable) {
+        throw new VfioSetupError(`group ${groupId} is not viable: every device in it must be bound to a VFIO driver (or unbound)`);
+      }
+      for (const candidate of this.legacyContainers()) {
+        try {
+          group.setContainer(candidate.handle);
+        } catch (error) {
+          if (isKernelError(error)) continue; // that container's IOMMU cannot take this group
+          throw error;
+        }
+        container = candidate;
+        undo.push(`unset container of group ${groupId}`, () => group.unsetContainer());
+        break;
+      }
+      if (!container) container = this.createLegacyContainer(group, undo);
+      const joined = container;
+      joined.groups.set(groupId, group);
+      undo.push(`forget group ${groupId}`, () => joined.groups.delete(groupId));
+    }
+    const group = container.groups.get(groupId)!;
+    const handle = group.openDevice(found.name);
+    undo.push(`close ${name}`, () => handle.close());
+    const info = handle.getInfo();
+    const dmaLogging = handle.featureProbe(uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START);
+    const device = new Device(name, handle, 'legacy', container, found, undefined, info, dmaLogging, groupId);
+    return this.adopt(device, container, undo);
+  }
+
+  private legacyContainers(): LegacyContainer[] {
+    return this.containerList.filter((c): c is LegacyContainer => c instanceof LegacyContainer);
+  }
+
+  private createLegacyContainer(group: ReturnType<Kernel['openGroup']>, undo: UndoStack): LegacyContainer {
+    const handle = this.kernel.openLegacyContainer();
+    undo.push('close the legacy container', () => handle.close());
+    const version = handle.getApiVersion();
+    if (version !== uapi.VFIO_API_VERSION) throw new VfioSetupError(`VFIO API version ${version}, expected ${uapi.VFIO_API_VERSION}`);
+    if (handle.checkExtension(uapi.VFIO_TYPE1v2_IOMMU) <= 0) throw new VfioSetupError('the legacy container has no type1v2 IOMMU (VFIO_TYPE1v2_IOMMU)');
+    group.setContainer(handle);
+    undo.push(`unset container of group ${group.groupId}`, () => group.unsetContainer());
+    handle.setIommu(uapi.VFIO_TYPE1v2_IOMMU);
+    const container = new LegacyContainer(handle);
+    for (const mapping of this.mappingList) container.map(mapping);
+    this.containerList.push(container);
+    undo.push('forget the new container', () => this.containerList.splice(this.containerList.indexOf(container), 1));
+    return container;
+  }
+
+  private adopt(device: Device, container: Container, undo: UndoStack): Device {
+    container.devices.add(device);
+    this.deviceList.push(device);
+    undo.push(`forget ${device.name}`, () => {
+      container.devices.delete(device);
+      this.deviceList.splice(this.deviceList.indexOf(device), 1);
+    });
+    return device;
+  }
+
+  // ---- detach ----
+
+  private async detachNow(device: Device): Promise<void> {
+    if (!this.deviceList.includes(device)) throw new InvalidArgumentError('device', `${device.name} is not attached to this address space`);
+    const container = device.container;
+    // Off its page table first; if that fails nothing has changed.
+    if (container instanceof IommufdContainer) container.autoDomains.detach(device);
+    container.devices.delete(device);
+    this.deviceList.splice(this.deviceList.indexOf(device), 1);
+    // From here on the device is gone; a failing cleanup step leaves its object listed so
+    // that the next detach or close() finishes it.
+    if (!device.handle.closed) device.handle.close();
+    this.releaseUnused(container);
+  }
+
+  /** Gives back what no device uses any more: legacy groups, then whole containers. */
+  private releaseUnused(container: Container): void {
+    if (container instanceof LegacyContainer) {
+      for (const [groupId, group] of container.groups) {
+        if ([...container.devices].some((d) => d.groupId === groupId)) continue;
+        if (group.getStatus().containerSet) group.unsetContainer();
+        container.groups.delete(groupId);
+        group.close();
+      }
+    }
+    if (container.devices.size === 0) {
+      if (container instanceof IommufdContainer) container.destroy();
+      if (container instanceof LegacyContainer) container.handle.close();
+      this.containerList.splice(this.containerList.indexOf(container), 1);
+      return;
+    }
+    try {
+      container.refreshIovaRanges();
+    } catch {
+      // Ranges only widen on detach: the ones held are a safe subset until the next refresh.
+    }
+  }
+
+  // ---- map / unmap ----
+
+  private checkSpan(argument: string, iova: unknown, size: unknown): IovaSpan {
+    const start = checkU64(`${argument}.iova`, iova);
+    const length = checkLength(`${argument}.size`, size);
+    if (start + length - 1n > U64_MAX) throw new InvalidArgumentError(argument, `iova 0x${start.toString(16)} + size 0x${length.toString(16)} overflows past 2^64`);
+    if (start % this.pageSize !== 0n || length % this.pageSize !== 0n) {
+      throw new InvalidArgumentError(argument, `iova 0x${start.toString(16)} and size 0x${length.toString(16)} must be multiples of the page size 0x${this.pageSize.toString(16)}`);
+    }
+    return { iova: start, size: length };
+  }
+
+  private async mapNow(request: MapRequest): Promise<Mapping> {
+    const span = this.checkSpan('map', request.iova, request.size);
+    const overlap = this.mappingList.find((m) => m.iova < span.iova + span.size && span.iova < m.iova + m.size);
+    if (overlap) {
+      throw new InvalidArgumentError('map', `0x${span.iova.toString(16)}+0x${span.size.toString(16)} overlaps the mapping at 0x${overlap.iova.toString(16)}+0x${overlap.size.toString(16)}; unmap it first`);
+    }
+    const memoryOffset = checkU64('memoryOffset', request.memoryOffset ?? 0n);
+    if (request.memory && memoryOffset + span.size > request.memory.length) {
+      throw new InvalidArgumentError('memory', `offset 0x${memoryOffset.toString(16)} + size 0x${span.size.toString(16)} does not fit its 0x${request.memory.length.toString(16)} bytes`);
+    }
+    const memory = request.memory ?? this.kernel.allocateHostMemory(span.size);
+    const mapping: Mapping = { ...span, memory, memoryOffset, readonly: request.readonly ?? false, ownsMemory: !request.memory };
+    const undo = new UndoStack();
+    if (mapping.ownsMemory) undo.push('release memory', () => memory.release());
+    undo.run(() => {
+      for (const container of this.containerList) {
+        container.map(mapping);
+        undo.push('unmap from a container', () => container.unmap(span.iova, span.size));
+      }
+    });
+    const index = this.mappingList.findIndex((m) => m.iova > span.iova);
+    this.mappingList.splice(index === -1 ? this.mappingList.length : index, 0, mapping);
+    for (const observer of this.observers) await observer.afterMap?.(mapping);
+    return mapping;
+  }
+
+  private async unmapNow(request: IovaSpan): Promise<readonly Mapping[]> {
+    const span = this.checkSpan('unmap', request.iova, request.size);
+    const end = span.iova + span.size;
+    const partial = this.mappingList.find((m) => m.iova < end && span.iova < m.iova + m.size && (m.iova < span.iova || m.iova + m.size > end));
+    if (partial) {
+      throw new InvalidArgumentError('unmap', `must cover whole mappings: the mapping at 0x${partial.iova.toString(16)}+0x${partial.size.toString(16)} is only partly inside`);
+    }
+    const removed = this.mappingList.filter((m) => m.iova >= span.iova && m.iova + m.size <= end);
+    if (removed.length === 0) throw new InvalidArgumentError('unmap', `nothing is mapped in 0x${span.iova.toString(16)}+0x${span.size.toString(16)}`);
+    for (const observer of this.observers) await observer.beforeUnmap?.(span, removed);
+    const bitmaps = new Map<LegacyContainer, UnmapBitmap>();
+    const undo = new UndoStack();
+    undo.run(() => {
+      for (const container of this.containerList) {
+        let bitmap: UnmapBitmap | undefined;
+        if (container instanceof LegacyContainer) {
+          for (const observer of this.observers) bitmap ??= observer.type1UnmapBitmap?.(container, span);
+        }
+        container.unmap(span.iova, span.size, bitmap);
+        if (bitmap && container instanceof LegacyContainer) bitmaps.set(container, bitmap);
+        undo.push('map back into a container', () => removed.forEach((m) => container.map(m)));
+      }
+    });
+    for (const mapping of removed) {
+      this.mappingList.splice(this.mappingList.indexOf(mapping), 1);
+      if (mapping.ownsMemory) mapping.memory.release();
+    }
+    for (const observer of this.observers) await observer.afterUnmap?.(span, removed, bitmaps);
+    return removed;
+  }
+}

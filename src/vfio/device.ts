@@ -1,0 +1,74 @@
+import type { DeviceHandle, DeviceInfo, DeviceLocation } from '../kernel/types.js';
+import type { Container } from './container.js';
+import type { HostIommuInfo } from './host-iommu-info.js';
+
+export type DeviceBackend = 'iommufd' | 'legacy';
+/** Which source reports the pages a device writes. */
+export type DirtyTracker = 'iommu' | 'dma-logging' | 'type1' | 'none';
+
+/** An IOMMU page table that AutoDomains allocated for the devices of one container. */
+export class Hwpt {
+  readonly devices = new Set<Device>();
+  constructor(
+    readonly id: number,
+    /** Allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING. */
+    readonly dirtyTracking: boolean,
+  ) {}
+}
+
+/** A device attached to an AddressSpace: its handle, where it sits, and what can track its DMA. */
+export class Device {
+  /** Set by the container while the device sits on one of its HWPTs. */
+  hwpt: Hwpt | undefined;
+  /** An mdev (or any device without its own IOMMU) attached to the IOAS itself. */
+  attachedToIoas = false;
+
+  constructor(
+    readonly name: string,
+    readonly handle: DeviceHandle,
+    readonly backend: DeviceBackend,
+    readonly container: Container,
+    readonly location: DeviceLocation | undefined,
+    readonly hostIommu: HostIommuInfo | undefined,
+    readonly info: DeviceInfo | undefined,
+    /** The device has DMA logging (VFIO_DEVICE_FEATURE_DMA_LOGGING_START probes). */
+    readonly dmaLogging: boolean,
+    /** The legacy group the device came from. */
+    readonly groupId: number | undefined,
+  ) {}
+
+  get devId(): number | undefined {
+    return this.handle.devId;
+  }
+
+  get mdev(): boolean {
+    return this.location?.mdev ?? false;
+  }
+
+  /**
+   * The source that tracks this device, chosen per device: its own DMA logging when it has it
+   * (what QEMU prefers), else its HWPT's dirty tracking, else type1's for a legacy container,
+   * else none (its ranges are reported all dirty each round).
+   */
+  get dirtyTracker(): DirtyTracker {
+    if (this.dmaLogging) return 'dma-logging';
+    if (this.hwpt?.dirtyTracking) return 'iommu';
+    if (this.backend === 'legacy' && this.container.supportsType1DirtyTracking) return 'type1';
+    return 'none';
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {
+      name: this.name,
+      backend: this.backend,
+      kind: this.handle.kind,
+      devId: this.devId,
+      hwpt: this.hwpt?.id,
+      attachedToIoas: this.attachedToIoas,
+      mdev: this.mdev,
+      dmaLogging: this.dmaLogging,
+      tracker: this.dirtyTracker,
+      hostIommu: this.hostIommu?.toJSON(),
+    };
+  }
+}

@@ -1,0 +1,13 @@
+export { AddressSpace } from './address-space.js';
+export type { AddressSpaceOptions, AttachOptions, IommufdChoice, IovaSpan, MapRequest, MappingObserver, Topology } from './address-space.js';
+export { AutoDomains } from './auto-domains.js';
+export { Container } from './container.js';
+export type { ContainerTopology, HwptTopology, Mapping, UnmapBitmap } from './container.js';
+export { Device, Hwpt } from './device.js';
+export type { DeviceBackend, DirtyTracker } from './device.js';
+export { VfioSetupError } from './errors.js';
+export { HostIommuInfo, decodeAmd, decodeSmmuV3, decodeVtd } from './host-iommu-info.js';
+export type { AmdRegisters, HostIommuType, SmmuV3Registers, VtdRegisters } from './host-iommu-info.js';
+export { IommufdContainer } from './iommufd-container.js';
+export { LegacyContainer } from './legacy-container.js';
+export { UndoStack } from './undo.js';
