@@ -49,6 +49,8 @@ export interface MappingObserver {
   beforeUnmap?(span: IovaSpan, mappings: readonly Mapping[]): void | Promise<void>;
   /** A bitmap for a legacy container's unmap to fill (VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP). */
   type1UnmapBitmap?(container: LegacyContainer, span: IovaSpan): UnmapBitmap | undefined;
+  /** The kernel refused the unmap: nothing was removed (sent after beforeUnmap, instead of afterUnmap). */
+  unmapAborted?(span: IovaSpan): void | Promise<void>;
   afterUnmap?(span: IovaSpan, mappings: readonly Mapping[], type1Bitmaps: ReadonlyMap<LegacyContainer, UnmapBitmap>): void | Promise<void>;
 }
 
@@ -425,7 +427,8 @@ export class AddressSpace {
     for (const observer of this.observers) await observer.beforeUnmap?.(span, removed);
     const bitmaps = new Map<LegacyContainer, UnmapBitmap>();
     const undo = new UndoStack();
-    undo.run(() => {
+    try {
+      undo.run(() => {
       for (const container of this.containerList) {
         let bitmap: UnmapBitmap | undefined;
         if (container instanceof LegacyContainer) {
@@ -435,7 +438,11 @@ export class AddressSpace {
         if (bitmap && container instanceof LegacyContainer) bitmaps.set(container, bitmap);
         undo.push('map back into a container', () => removed.forEach((m) => container.map(m)));
       }
-    });
+      });
+    } catch (error) {
+      for (const observer of this.observers) await observer.unmapAborted?.(span);
+      throw error;
+    }
     for (const mapping of removed) {
       this.mappingList.splice(this.mappingList.indexOf(mapping), 1);
       if (mapping.ownsMemory) mapping.memory.release();
