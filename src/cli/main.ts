@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+// The vfio-iommufd command: simulate (the main job, on the embedded simulated kernel), bench
+// and probe.
+import { Command, CommanderError } from 'commander';
+import { InvalidArgumentError, KernelError } from '../kernel/errors.js';
+import { linuxKernel } from '../kernel/linux/index.js';
+import { printJson, table } from './output.js';
+import { probe } from './probe.js';
+import { UsageError } from './units.js';
+
+const program = new Command('vfio-iommufd')
+  .description('Userspace VFIO and iommufd for live migration: containers, auto domains and dirty-page sync')
+  .showHelpAfterError()
+  .exitOverride();
+
+program
+  .command('probe')
+  .description('what this host has for VFIO and iommufd, and what to do about what is missing')
+  .option('--json', 'print one JSON document')
+  .action((options: { json?: boolean }) => {
+    const report = probe({ kernel: linuxKernel() });
+    if (options.json) return printJson(report);
+    const lines = [
+      `kernel ${report.kernel}: /dev/iommu ${report.iommufd.present ? (report.iommufd.accessible ? 'usable' : 'present, not accessible') : 'missing'}, ` +
+        `/dev/vfio/vfio ${report.legacyContainer.present ? (report.legacyContainer.accessible ? 'usable' : 'present, not accessible') : 'missing'}, ` +
+        `${report.iommuGroups} IOMMU groups`,
+    ];
+    if (!report.vfio) lines.push('This host has no VFIO: nothing to probe. The simulated kernel runs everything: vfio-iommufd simulate');
+    if (report.devices.length) {
+      lines.push(table(['device', 'driver', 'group', 'cdev', 'IOMMU', 'IOMMU dirty', 'DMA logging', 'problems'], report.devices.map((d) => [
+        d.name, d.driver ?? '-', d.group ?? '-', d.cdev ?? '-', (d.iommu?.type as string | undefined) ?? '-',
+        d.iommuDirtyTracking === undefined ? '?' : d.iommuDirtyTracking ? 'yes' : 'no',
+        d.dmaLogging === undefined ? '?' : d.dmaLogging ? 'yes' : 'no', d.problems.join('; ') || '-',
+      ])));
+    }
+    for (const advice of report.advice) lines.push(`- ${advice}`);
+    process.stdout.write(`${lines.join('\n')}\n`);
+  });
+
+const bench = program.command('bench').description('benchmarks that print figures and ratios against references measured in the same run');
+
+async function main(): Promise<void> {
+  try {
+    await program.parseAsync(process.argv);
+  } catch (error) {
+    if (error instanceof CommanderError) process.exit(error.exitCode);
+    if (error instanceof UsageError || error instanceof InvalidArgumentError) {
+      process.stderr.write(`vfio-iommufd: ${error.message}\n`);
+      process.exit(2);
+    }
+    if (error instanceof KernelError) {
+      process.stderr.write(`vfio-iommufd: ${error.message}\n`);
+      process.exit(1);
+    }
+    throw error;
+  }
+}
+
+await main();
