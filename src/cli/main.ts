@@ -6,12 +6,15 @@ import { InvalidArgumentError, KernelError } from '../kernel/errors.js';
 import { linuxKernel } from '../kernel/linux/index.js';
 import { printJson, table } from './output.js';
 import { probe } from './probe.js';
+import { registerSimulate } from './simulate.js';
 import { UsageError } from './units.js';
 
 const program = new Command('vfio-iommufd')
   .description('Userspace VFIO and iommufd for live migration: containers, auto domains and dirty-page sync')
   .showHelpAfterError()
   .exitOverride();
+
+registerSimulate(program);
 
 program
   .command('probe')
@@ -38,6 +41,7 @@ program
   });
 
 const bench = program.command('bench').description('benchmarks that print figures and ratios against references measured in the same run');
+(await import('./bench-engine.js')).registerBenchEngine(bench);
 
 async function main(): Promise<void> {
   try {

@@ -270,7 +270,9 @@ export class DirtySync {
     let merged: number;
     let mergedAt: number;
     try {
-      const fused = await engine.mergeCountScan(bitmap.buffer, sources, bitmap.bits);
+      const fused = sources.length
+        ? await engine.mergeCountScan(bitmap.buffer, sources, bitmap.bits)
+        : { newlySet: 0, runs: engine.scanRuns(bitmap.buffer, bitmap.bits) };
       merged = fused.newlySet;
       mergedAt = performance.now();
       for await (const chunk of fused.runs) take(chunk.runs, chunk.count);
@@ -280,7 +282,7 @@ export class DirtySync {
       // count may then miss them, the bitmap does not.
       dirtyPages = 0;
       runCount = 0;
-      merged = engine.sync.mergeAndCount(bitmap.buffer, sources, bitmap.bits);
+      merged = sources.length ? engine.sync.mergeAndCount(bitmap.buffer, sources, bitmap.bits) : 0;
       mergedAt = performance.now();
       const output = engine.arena.allocate(1 << 20, 64);
       try {

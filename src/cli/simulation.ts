@@ -1,0 +1,200 @@
+// A live migration of a simulated guest, end to end: the simulated kernel and its devices, the
+// address space with its containers, DirtySync with the engine's workers, and a guest workload
+// whose ground truth checks every round for lost dirty pages.
+import { estimateConvergence, type ConvergenceEstimate } from '../dirty/convergence.js';
+import { DirtySync } from '../dirty/dirty-sync.js';
+import type { RoundPhases } from '../dirty/dirty-sync.js';
+import { guestWorkload, simulatedKernel, type SimulatedDeviceSpecInput } from '../kernel/sim/index.js';
+import type { WorkloadPattern } from '../kernel/sim/index.js';
+import { AddressSpace, type Topology } from '../vfio/address-space.js';
+import type { DirtyTracker } from '../vfio/device.js';
+import { UsageError } from './units.js';
+
+export const DEVICE_WORDS = ['iommu-dirty', 'dma-logging', 'mdev', 'legacy'] as const;
+export type DeviceWord = (typeof DEVICE_WORDS)[number];
+export const WORKLOADS = ['uniform', 'hotset', 'sweep', 'burst'] as const;
+export type WorkloadName = (typeof WORKLOADS)[number];
+
+export interface SimulatedDeviceOption {
+  readonly name: string;
+  readonly words: readonly DeviceWord[];
+}
+
+/** `nic0:iommu-dirty`, `gpu0:dma-logging+iommu-dirty`, `old0` (no tracking at all). */
+export function parseDeviceOption(text: string): SimulatedDeviceOption {
+  const [name, spec, ...rest] = text.split(':');
+  if (!name || rest.length || !/^[A-Za-z0-9_.-]+$/.test(name)) {
+    throw new UsageError(`--device: ${JSON.stringify(text)} must be NAME or NAME:WORD+WORD (words: ${DEVICE_WORDS.join(', ')})`);
+  }
+  const words = spec ? spec.split('+') : [];
+  for (const word of words) {
+    if (!DEVICE_WORDS.includes(word as DeviceWord)) throw new UsageError(`--device ${name}: unknown word ${JSON.stringify(word)} (allowed: ${DEVICE_WORDS.join(', ')})`);
+  }
+  if (words.includes('mdev') && words.includes('iommu-dirty')) throw new UsageError(`--device ${name}: an mdev has no IOMMU of its own, so no iommu-dirty`);
+  if (words.includes('mdev') && words.includes('legacy')) throw new UsageError(`--device ${name}: an mdev is not a legacy (type1) device`);
+  return { name, words: words as DeviceWord[] };
+}
+
+export function deviceSpec(option: SimulatedDeviceOption, index: number): SimulatedDeviceSpecInput {
+  const has = (word: DeviceWord) => option.words.includes(word);
+  return {
+    name: option.name,
+    groupId: 20 + index,
+    iommuDirtyTracking: has('iommu-dirty'),
+    dmaLogging: has('dma-logging') ? { pageSize: 4096n, maxRanges: 256 } : false,
+    mdev: has('mdev'),
+    legacyOnly: has('legacy'),
+  };
+}
+
+const PATTERNS: Record<WorkloadName, WorkloadPattern> = {
+  uniform: { kind: 'uniform' },
+  hotset: { kind: 'hot-set', hotFraction: 0.05, hotProbability: 0.9 },
+  sweep: { kind: 'sequential' },
+  burst: { kind: 'bursts', burstPages: 64 },
+};
+
+export interface SimulationOptions {
+  readonly guestMemory: bigint;
+  readonly devices: readonly SimulatedDeviceOption[];
+  readonly workload: WorkloadName;
+  /** Bytes the guest writes per second. */
+  readonly dirtyRate: number;
+  /** Link bandwidth, bytes per second. */
+  readonly bandwidth: number;
+  readonly downtimeMs: number;
+  readonly seed: number;
+  readonly workers: number;
+  readonly maxRounds: number;
+  readonly onRound?: (round: SimulatedRound) => void;
+}
+
+export interface SimulatedRound {
+  readonly round: number;
+  readonly kind: 'precopy' | 'stop-and-copy';
+  readonly dirtyPages: number;
+  readonly newlyDirtyPages: number;
+  readonly sentPages: number;
+  /** Pages the guest wrote that the round did not report (must be 0). */
+  readonly lostPages: number;
+  /** Newly dirty bytes per simulated second before this round. */
+  readonly dirtyRateBytesPerSecond: number;
+  /** Simulated seconds to send this round's pages over the link. */
+  readonly sendSeconds: number;
+  readonly phases: RoundPhases;
+  readonly durationMs: number;
+  readonly failures: number;
+  readonly estimate: ConvergenceEstimate;
+}
+
+export interface SimulationResult {
+  readonly guestBytes: bigint;
+  readonly pageSize: number;
+  readonly topology: Topology;
+  readonly devices: { name: string; tracker: DirtyTracker }[];
+  readonly rounds: SimulatedRound[];
+  readonly summary: {
+    readonly converged: boolean;
+    /** Why not, when it did not. */
+    readonly reason: string | undefined;
+    readonly rounds: number;
+    readonly predictedDowntimeMs: number | undefined;
+    readonly simulatedDowntimeMs: number | undefined;
+    readonly totalSentBytes: number;
+    readonly lostPages: number;
+  };
+}
+
+const PAGE = 4096n;
+const GiB = 1n << 30n;
+
+/** Guest RAM as x86 lays it out: below 3 GiB, then the PCI hole, then the rest from 4 GiB. */
+export function guestRanges(guestMemory: bigint): { iova: bigint; length: bigint }[] {
+  const low = guestMemory < 3n * GiB ? guestMemory : 3n * GiB;
+  const ranges = [{ iova: 0n, length: low }];
+  if (guestMemory > low) ranges.push({ iova: 4n * GiB, length: guestMemory - low });
+  return ranges;
+}
+
+export async function simulateMigration(options: SimulationOptions): Promise<SimulationResult> {
+  if (options.guestMemory % (2n * 1024n * 1024n) !== 0n) throw new UsageError('--guest-memory must be a multiple of 2MiB');
+  if (options.devices.length === 0) throw new UsageError('--device: give at least one device');
+  const names = new Set<string>();
+  for (const d of options.devices) {
+    if (names.has(d.name)) throw new UsageError(`--device ${d.name} is given twice`);
+    names.add(d.name);
+  }
+  const kernel = simulatedKernel({ devices: options.devices.map(deviceSpec) });
+  const space = new AddressSpace(kernel);
+  const ranges = guestRanges(options.guestMemory);
+  const sync = new DirtySync(space, { workers: options.workers, pageSize: PAGE });
+  const rounds: SimulatedRound[] = [];
+  try {
+    for (const range of ranges) await space.map({ iova: range.iova, size: range.length });
+    for (const device of options.devices) await space.attach(device.name);
+    const devices = space.devices.map((d) => ({ name: d.name, tracker: d.dirtyTracker }));
+    const topology = space.topology();
+    await sync.start();
+    const workload = guestWorkload(kernel, {
+      ranges, devices: options.devices.map((d) => d.name), pattern: PATTERNS[options.workload], seed: options.seed,
+      dirtyRate: options.dirtyRate / Number(PAGE),
+    });
+    const blockers = devices.filter((d) => d.tracker === 'none').map((d) => `${d.name} has no dirty page tracking (neither its IOMMU nor the device can log DMA)`);
+    const type1 = devices.filter((d) => d.tracker === 'type1').map((d) => `${d.name} is tracked by type1, which reports every mapped page dirty`);
+    let rate = 0;
+    let totalSent = 0;
+    let lost = 0;
+    let predictedDowntimeMs: number | undefined;
+    let simulatedDowntimeMs: number | undefined;
+    let converged = false;
+    for (let index = 0; index < options.maxRounds; index++) {
+      const round = await sync.round();
+      const truth = workload.takeGroundTruth();
+      let lostPages = 0;
+      for (const placement of sync.bitmap.mappings) {
+        lostPages += workload.compare(sync.bitmap.view(sync.bitmap.buffer, placement), placement.iova, PAGE, { truth, extra: false }).lost;
+      }
+      lost += lostPages;
+      const pendingBytes = round.dirtyPages * Number(PAGE);
+      const estimate = estimateConvergence({ pendingBytes, dirtyRateBytesPerSecond: rate, bandwidthBytesPerSecond: options.bandwidth, downtimeLimitMs: options.downtimeMs });
+      const sendSeconds = pendingBytes / options.bandwidth;
+      // The stop-and-copy round: what is pending fits the downtime, so the guest stops here.
+      const final = index > 0 && sendSeconds * 1000 <= options.downtimeMs;
+      const row: SimulatedRound = {
+        round: index + 1, kind: final ? 'stop-and-copy' : 'precopy', dirtyPages: round.dirtyPages, newlyDirtyPages: round.newlyDirtyPages,
+        sentPages: round.dirtyPages, lostPages, dirtyRateBytesPerSecond: rate, sendSeconds, phases: round.phases, durationMs: round.durationMs,
+        failures: round.failures.length, estimate,
+      };
+      rounds.push(row);
+      options.onRound?.(row);
+      totalSent += pendingBytes;
+      await sync.markAllSent();
+      if (final) {
+        converged = true;
+        simulatedDowntimeMs = sendSeconds * 1000 + round.durationMs;
+        break;
+      }
+      predictedDowntimeMs = estimate.converges ? estimate.expectedDowntimeMs : undefined;
+      // The guest runs while this round's pages go over the link.
+      const step = workload.advance(sendSeconds);
+      rate = sendSeconds > 0 ? (step.newlyDirty * Number(PAGE)) / sendSeconds : 0;
+    }
+    await sync.stop();
+    const reason = converged
+      ? undefined
+      : [...blockers, ...type1, rounds.at(-1)?.estimate.reason, `no round's pending pages fit the ${options.downtimeMs} ms downtime within ${options.maxRounds} rounds`]
+          .filter(Boolean)
+          .join('; ');
+    return {
+      guestBytes: options.guestMemory,
+      pageSize: Number(PAGE),
+      topology,
+      devices,
+      rounds,
+      summary: { converged, reason, rounds: rounds.length, predictedDowntimeMs, simulatedDowntimeMs, totalSentBytes: totalSent, lostPages: lost },
+    };
+  } finally {
+    if (sync.started) await sync.stop();
+    await space.close();
+  }
+}

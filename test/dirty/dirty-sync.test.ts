@@ -1,0 +1,173 @@
+// DirtySync on the simulated kernel: each tracker kind, resampling, unmaps during migration,
+// failures of queries and of the start, and the pages a round reports against what was written.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DirtySync } from '../../src/dirty/dirty-sync.js';
+import { Engine } from '../../src/engine/index.js';
+import { simulatedKernel, type SimulatedKernel } from '../../src/kernel/sim/index.js';
+import type { SimulatedDeviceSpecInput } from '../../src/kernel/sim/index.js';
+import { AddressSpace } from '../../src/vfio/address-space.js';
+
+const PAGE = 4096n;
+let engine: Engine;
+
+beforeAll(async () => {
+  engine = await Engine.create({ workers: 2, minimumShardBytes: 4096 });
+});
+afterAll(async () => {
+  await engine.close();
+});
+
+async function setup(devices: SimulatedDeviceSpecInput[], ranges: [bigint, bigint][] = [[0n, 1n << 24n]]) {
+  const kernel = simulatedKernel({ devices });
+  const space = new AddressSpace(kernel);
+  for (const [iova, size] of ranges) await space.map({ iova, size });
+  for (const d of devices) await space.attach(d.name);
+  const sync = new DirtySync(space, { engine, initiallyDirty: false });
+  await sync.start();
+  return { kernel, space, sync };
+}
+
+/** Dirty IOVA pages of a round, from its runs. */
+async function dirtyIovas(sync: DirtySync): Promise<{ round: Awaited<ReturnType<DirtySync['round']>>; pages: bigint[] }> {
+  const pages: bigint[] = [];
+  const round = await sync.round({
+    onRuns: (runs, count) => {
+      for (let i = 0; i < count; i++) {
+        for (const range of sync.rangesOfRun(runs[2 * i]!, runs[2 * i + 1]!)) {
+          for (let iova = range.iova; iova < range.iova + range.length; iova += PAGE) pages.push(iova);
+        }
+      }
+    },
+  });
+  await sync.markAllSent();
+  return { round, pages: pages.sort((a, b) => (a < b ? -1 : 1)) };
+}
+
+async function finish(kernel: SimulatedKernel, space: AddressSpace, sync: DirtySync) {
+  await sync.stop();
+  await space.close();
+  kernel.assertClean();
+}
+
+describe('DirtySync', () => {
+  it('reports exactly the pages an IOMMU-tracked device wrote, then nothing after they are sent', async () => {
+    const { kernel, space, sync } = await setup([{ name: 'nic0', iommuDirtyTracking: true }]);
+    expect(sync.sources).toEqual([{ kind: 'iommu', name: expect.stringMatching(/^hwpt \d+$/), devices: ['nic0'] }]);
+    kernel.dmaWrite('nic0', 0x3000n, 0x2000n);
+    kernel.dmaWrite('nic0', 0x800000n, 0x1000n);
+    const first = await dirtyIovas(sync);
+    expect(first.pages).toEqual([0x3000n, 0x4000n, 0x800000n]);
+    expect(first.round).toMatchObject({ newlyDirtyPages: 3, dirtyPages: 3, runCount: 2, failures: [], untrackedDevices: [] });
+    const second = await dirtyIovas(sync);
+    expect(second.pages).toEqual([]);
+    expect(second.round.newlyDirtyPages).toBe(0);
+    await finish(kernel, space, sync);
+  });
+
+  it('starts with every mapped page dirty by default (the first round sends all memory)', async () => {
+    const kernel = simulatedKernel({ devices: [{ name: 'nic0', iommuDirtyTracking: true }] });
+    const space = new AddressSpace(kernel);
+    await space.map({ iova: 0n, size: 0x100000n });
+    await space.map({ iova: 0x40000000n, size: 0x200000n });
+    await space.attach('nic0');
+    const sync = new DirtySync(space, { engine });
+    await sync.start();
+    const ranges: bigint[][] = [];
+    const round = await sync.round({ onRuns: (runs, count) => {
+      for (let i = 0; i < count; i++) for (const r of sync.rangesOfRun(runs[2 * i]!, runs[2 * i + 1]!)) ranges.push([r.iova, r.length]);
+    } });
+    expect(round.dirtyPages).toBe(0x300);
+    expect(ranges).toEqual([[0n, 0x100000n], [0x40000000n, 0x200000n]]);
+    await finish(kernel, space, sync);
+  });
+
+  it('resamples a DMA-logging device that logs at 64 KiB into 4 KiB migration pages', async () => {
+    const { kernel, space, sync } = await setup([{ name: 'gpu0', dmaLogging: { pageSize: 65536n } }]);
+    expect(sync.sources[0]).toMatchObject({ kind: 'dma-logging', devices: ['gpu0'] });
+    kernel.dmaWrite('gpu0', 0x11000n, 0x1000n);
+    const { pages, round } = await dirtyIovas(sync);
+    expect(pages).toEqual(Array.from({ length: 16 }, (_, i) => 0x10000n + BigInt(i) * PAGE));
+    expect(round.newlyDirtyPages).toBe(16);
+    await finish(kernel, space, sync);
+  });
+
+  it('mixes sources per device: IOMMU, DMA logging, and an untracked device that makes every round all dirty', async () => {
+    const { kernel, space, sync } = await setup([
+      { name: 'nic0', iommuDirtyTracking: true },
+      { name: 'gpu0', dmaLogging: { pageSize: 4096n } },
+      { name: 'old0' },
+    ]);
+    expect(sync.sources.map((s) => s.kind).sort()).toEqual(['dma-logging', 'iommu', 'none']);
+    kernel.dmaWrite('nic0', 0x1000n, 0x1000n);
+    const { round } = await dirtyIovas(sync);
+    expect(round.untrackedDevices).toEqual(['old0']);
+    expect(round.dirtyPages).toBe(Number((1n << 24n) / PAGE));
+    await finish(kernel, space, sync);
+  });
+
+  it('type1 reports every pinned page dirty', async () => {
+    const { kernel, space, sync } = await setup([{ name: 'leg0', legacyOnly: true }], [[0n, 0x100000n]]);
+    expect(sync.sources[0]?.kind).toBe('type1');
+    const { round } = await dirtyIovas(sync);
+    expect(round.dirtyPages).toBe(0x100);
+    await finish(kernel, space, sync);
+  });
+
+  it('keeps the dirty pages of a mapping unmapped during migration until they are sent', async () => {
+    const { kernel, space, sync } = await setup(
+      [{ name: 'nic0', iommuDirtyTracking: true }, { name: 'gpu0', dmaLogging: { pageSize: 4096n } }],
+      [[0n, 0x100000n], [0x200000n, 0x100000n]],
+    );
+    kernel.dmaWrite('nic0', 0x205000n, 0x1000n); // IOMMU: read with NO_CLEAR before the unmap
+    kernel.dmaWrite('gpu0', 0x20a000n, 0x1000n); // DMA logging: read after the unmap
+    await space.unmap({ iova: 0x200000n, size: 0x100000n });
+    const { pages } = await dirtyIovas(sync);
+    expect(pages).toEqual([0x205000n, 0x20a000n]);
+    // Sent: the retired bits are given back and the IOVA can be mapped again, all dirty (new memory).
+    expect(sync.bitmap.retired).toEqual([]);
+    await space.map({ iova: 0x200000n, size: 0x100000n });
+    expect((await dirtyIovas(sync)).round.dirtyPages).toBe(0x100);
+    await finish(kernel, space, sync);
+  });
+
+  it('a failed GET_DIRTY_BITMAP marks its range all dirty and says so, never skipping it', async () => {
+    const { kernel, space, sync } = await setup([{ name: 'nic0', iommuDirtyTracking: true }], [[0n, 0x100000n], [0x200000n, 0x100000n]]);
+    kernel.dmaWrite('nic0', 0x1000n, 0x1000n);
+    kernel.failNext('IOMMU_HWPT_GET_DIRTY_BITMAP', 'EIO', { after: 1 });
+    const { round } = await dirtyIovas(sync);
+    expect(round.failures).toEqual([expect.objectContaining({ iova: 0x200000n, length: 0x100000n, error: expect.objectContaining({ code: 'EIO' }) })]);
+    expect(round.dirtyPages).toBe(1 + 0x100);
+    await finish(kernel, space, sync);
+  });
+
+  it('a failed DMA logging report makes the device all dirty and restarts logging', async () => {
+    const { kernel, space, sync } = await setup([{ name: 'gpu0', dmaLogging: { pageSize: 4096n } }], [[0n, 0x100000n]]);
+    kernel.failNext('VFIO_DEVICE_FEATURE', 'EIO', { objects: { feature: 'DMA_LOGGING_REPORT' } });
+    const starts = kernel.ioctlCount('VFIO_DEVICE_FEATURE');
+    const { round } = await dirtyIovas(sync);
+    expect(round.failures).toHaveLength(1);
+    expect(round.dirtyPages).toBe(0x100);
+    expect(kernel.ioctlCount('VFIO_DEVICE_FEATURE') - starts).toBeGreaterThanOrEqual(3); // report, stop, start
+    kernel.dmaWrite('gpu0', 0x2000n, 0x1000n);
+    expect((await dirtyIovas(sync)).pages).toEqual([0x2000n]);
+    await finish(kernel, space, sync);
+  });
+
+  it('a failure while starting stops every tracker already started', async () => {
+    const kernel = simulatedKernel({ devices: [{ name: 'nic0', iommuDirtyTracking: true }, { name: 'gpu0', dmaLogging: { pageSize: 4096n } }] });
+    const space = new AddressSpace(kernel);
+    await space.map({ iova: 0n, size: 0x100000n });
+    await space.attach('nic0');
+    await space.attach('gpu0');
+    const sync = new DirtySync(space, { engine });
+    kernel.failNext('VFIO_DEVICE_FEATURE', 'EIO', { objects: { feature: 'DMA_LOGGING_START' } });
+    const trace = kernel.startTrace();
+    await expect(sync.start()).rejects.toMatchObject({ code: 'EIO' });
+    trace.stop();
+    const calls = trace.summary;
+    expect(calls.filter((c) => c === 'IOMMU_HWPT_SET_DIRTY_TRACKING')).toHaveLength(2); // enable, then the rollback's disable
+    expect(sync.started).toBe(false);
+    await sync.start();
+    await finish(kernel, space, sync);
+  });
+});
