@@ -332,10 +332,12 @@ export class DirtySync {
       afterMap: (mapping: Mapping) =>
         this.serialize(async () => {
           if (!this.running) return;
+          // Restarting DMA logging for the new range drops what the devices logged so far: read it first.
+          await this.relayout(this.bitmap.mappings);
           const placement = this.bitmap.place(mapping.iova, mapping.size);
           // New memory has never been sent: all of it is dirty.
           this.engine!.sync.setRange(this.bitmap.buffer, placement.bit, placement.bit + placement.bits);
-          this.relayout();
+          this.restartLogging();
         }),
       beforeUnmap: (_span: IovaSpan, mappings: readonly Mapping[]) =>
         new Promise<void>((entered, refused) => {
@@ -388,14 +390,7 @@ export class DirtySync {
     for (const mapping of mappings) {
       const placement = this.bitmap.placementOf(mapping.iova);
       if (!placement) continue;
-      for (const tracker of this.trackers) {
-        if (!(tracker instanceof DeviceLoggingTracker)) continue;
-        if (!tracker.readAfterUnmap(context, placement)) {
-          if (tracker.broken) context.failed(tracker, placement, tracker.broken);
-        } else if (tracker.scratch) {
-          await tracker.scratch.resampleInto(engine, this.bitmap, placement);
-        }
-      }
+      for (const tracker of this.trackers) if (tracker instanceof DeviceLoggingTracker) await this.readLog(tracker, placement);
       for (const [container, scratch] of type1Scratch) {
         if (!type1Bitmaps.has(container)) continue;
         const pageSize = container.minimumPageSize;
@@ -408,11 +403,33 @@ export class DirtySync {
       // The mapping is gone but its dirty pages are not sent yet: keep its bits.
       this.bitmap.retire(placement);
     }
-    this.relayout();
+    // Logging restarts on the remaining ranges: read what they logged first.
+    await this.relayout(this.bitmap.mappings);
+    this.restartLogging();
+  }
+
+  /** Reads one placement of a device's log into the migration bitmap (now, outside a round). */
+  private async readLog(tracker: DeviceLoggingTracker, placement: BitmapPlacement): Promise<void> {
+    const context = this.context();
+    if (!tracker.readAfterUnmap(context, placement)) {
+      if (tracker.broken) context.failed(tracker, placement, tracker.broken);
+    } else if (tracker.scratch) {
+      await tracker.scratch.resampleInto(this.engine!, this.bitmap, placement);
+    }
+  }
+
+  /**
+   * Before the mappings change under DMA logging: drain every device log into the migration
+   * bitmap, since restarting a log drops what it held.
+   */
+  private async relayout(drain: readonly BitmapPlacement[]): Promise<void> {
+    for (const tracker of this.trackers) {
+      if (tracker instanceof DeviceLoggingTracker) for (const placement of drain) await this.readLog(tracker, placement);
+    }
   }
 
   /** Trackers' buffers follow the mappings; DMA logging restarts to log the new ranges. */
-  private relayout(): void {
+  private restartLogging(): void {
     const context = this.context();
     const live = this.bitmap.mappings;
     for (const tracker of this.trackers) {
