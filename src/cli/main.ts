@@ -4,6 +4,7 @@
 import { Command, CommanderError } from 'commander';
 import { InvalidArgumentError, KernelError } from '../kernel/errors.js';
 import { linuxKernel } from '../kernel/linux/index.js';
+import { registerBenchSync } from './bench-sync.js';
 import { printJson, table } from './output.js';
 import { probe } from './probe.js';
 import { registerSimulate } from './simulate.js';
@@ -42,6 +43,7 @@ program
 
 const bench = program.command('bench').description('benchmarks that print figures and ratios against references measured in the same run');
 (await import('./bench-engine.js')).registerBenchEngine(bench);
+registerBenchSync(bench);
 
 async function main(): Promise<void> {
   try {

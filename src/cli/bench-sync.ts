@@ -1,0 +1,198 @@
+// `vfio-iommufd bench sync`: one DirtySync round end to end (simulated kernel -> engine -> runs)
+// for large guests with two dirty sources, against the same work in C (-O3 -march=native),
+// measured in the same run. Statistics by tinybench (round) and simple-statistics (phases).
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { median } from 'simple-statistics';
+import { Bench } from 'tinybench';
+import { DirtySync, type RoundPhases } from '../dirty/dirty-sync.js';
+import { packageRoot } from '../engine/module.js';
+import { simulatedKernel, Xoshiro128 } from '../kernel/sim/index.js';
+import { AddressSpace } from '../vfio/address-space.js';
+import { printJson, progress, table } from './output.js';
+import { guestRanges } from './simulation.js';
+import { formatBytes, parseCount, parseSize, UsageError } from './units.js';
+
+export interface SyncBenchResult {
+  readonly guestBytes: number;
+  readonly density: number;
+  readonly sources: number;
+  readonly impl: 'vfio-iommufd' | 'c-reference';
+  /** Median time of one round. */
+  readonly roundMs: number;
+  /** Median time of each phase. */
+  readonly phases: RoundPhases;
+  readonly samples: number;
+  /** Pages the round found dirty (both implementations must agree in kind, not bit for bit: their random pages differ). */
+  readonly dirtyPages: number;
+}
+
+export interface SyncBenchReport {
+  readonly machine: { cpu: string; cores: number; node: string; gcc: string | null; workers: number; loadAverage: { start: number; end: number } };
+  readonly results: SyncBenchResult[];
+  readonly notes: string[];
+}
+
+const PAGE = 4096n;
+export const DEFAULT_GUESTS = [64n << 30n, 1n << 40n, 4n << 40n];
+export const DEFAULT_DENSITIES = [0.001, 0.01, 0.05];
+
+/** Uniformly random page indexes of one guest range, sorted (a device's writes in one round). */
+function randomPages(random: Xoshiro128, pages: number, count: number): Uint32Array {
+  const out = new Uint32Array(count);
+  for (let i = 0; i < count; i++) out[i] = random.nextBelow(pages);
+  return out.sort();
+}
+
+async function benchOurs(guestBytes: bigint, density: number, workers: number, iterations: number): Promise<SyncBenchResult> {
+  const kernel = simulatedKernel({ devices: [{ name: 'nic0', iommuDirtyTracking: true }, { name: 'gpu0', dmaLogging: { pageSize: 4096n } }] });
+  const space = new AddressSpace(kernel);
+  const ranges = guestRanges(guestBytes);
+  for (const range of ranges) await space.map({ iova: range.iova, size: range.length });
+  await space.attach('nic0');
+  await space.attach('gpu0');
+  const sync = new DirtySync(space, { workers, initiallyDirty: false, capacityBytes: guestBytes });
+  await sync.start();
+  const random = new Xoshiro128(7);
+  // Each source dirties `density` of every range, independently (as the C reference does).
+  const writes = ['nic0', 'gpu0'].map((device) =>
+    ranges.map((range) => {
+      const pages = Number(range.length / PAGE);
+      return { device, base: range.iova, indexes: randomPages(random, pages, Math.round(pages * density)) };
+    }),
+  );
+  const phases: RoundPhases[] = [];
+  let dirtyPages = 0;
+  const bench = new Bench({ iterations, time: 0, warmupIterations: 1, warmupTime: 0, throws: true });
+  bench.add('round', async () => {
+    const round = await sync.round();
+    phases.push(round.phases);
+    dirtyPages = round.dirtyPages;
+  }, {
+    // Untimed: the consumer sent the last round, the guest dirtied its pages again.
+    beforeEach: async () => {
+      await sync.markAllSent();
+      for (const source of writes) for (const w of source) kernel.dmaWritePages(w.device, w.base, PAGE, w.indexes);
+    },
+  });
+  try {
+    await bench.run();
+  } finally {
+    await sync.stop();
+    await space.close();
+  }
+  const result = bench.tasks[0]!.result;
+  if (!result || !('latency' in result)) throw new Error('the sync round benchmark did not complete');
+  const measured = phases.slice(-result.latency.samplesCount);
+  return {
+    guestBytes: Number(guestBytes), density, sources: 2, impl: 'vfio-iommufd',
+    roundMs: result.latency.p50 ?? result.latency.mean,
+    phases: {
+      queryMs: median(measured.map((p) => p.queryMs)),
+      mergeMs: median(measured.map((p) => p.mergeMs)),
+      scanMs: median(measured.map((p) => p.scanMs)),
+    },
+    samples: result.latency.samplesCount,
+    dirtyPages,
+  };
+}
+
+function buildReference(directory: string, notes: string[]): string | undefined {
+  const version = spawnSync('gcc', ['--version'], { encoding: 'utf8' });
+  if (version.status !== 0) {
+    notes.push('C reference skipped: gcc was not found');
+    return undefined;
+  }
+  const binary = join(directory, 'sync-round');
+  const built = spawnSync('gcc', ['-O3', '-march=native', '-o', binary, join(packageRoot(), 'src', 'dirty', 'reference', 'sync-round.c')], { encoding: 'utf8' });
+  if (built.status !== 0) {
+    notes.push(`C reference skipped: gcc failed: ${built.stderr.split('\n')[0]}`);
+    return undefined;
+  }
+  return binary;
+}
+
+function benchReference(binary: string, guestBytes: bigint, density: number, iterations: number): SyncBenchResult {
+  // The guest's pages, without the x86 hole (the C side has one flat bitmap of the same size).
+  const pages = guestBytes / PAGE;
+  const run = spawnSync(binary, [String(pages), String(density), '2', String(Math.max(3, iterations)), '7'], { encoding: 'utf8', maxBuffer: 1 << 20 });
+  if (run.status !== 0) throw new Error(`the C reference failed: ${run.stderr}`);
+  const out = JSON.parse(run.stdout.trim()) as { roundMs: number; phases: RoundPhases; newlyDirtyPages: number; samples: number };
+  return { guestBytes: Number(guestBytes), density, sources: 2, impl: 'c-reference', roundMs: out.roundMs, phases: out.phases, samples: out.samples, dirtyPages: out.newlyDirtyPages };
+}
+
+export async function runSyncBench(options: { guests: bigint[]; densities: number[]; workers: number; iterations: number; onStep?: (label: string) => void }): Promise<SyncBenchReport> {
+  const notes: string[] = [];
+  const directory = mkdtempSync(join(tmpdir(), 'vfio-iommufd-sync-'));
+  const loadStart = loadavg()[0]!;
+  const gcc = spawnSync('gcc', ['--version'], { encoding: 'utf8' });
+  try {
+    const binary = buildReference(directory, notes);
+    const results: SyncBenchResult[] = [];
+    for (const guest of options.guests) {
+      for (const density of options.densities) {
+        options.onStep?.(`${formatBytes(guest)} at ${(density * 100).toFixed(1)} %`);
+        results.push(await benchOurs(guest, density, options.workers, options.iterations));
+        if (binary) results.push(benchReference(binary, guest, density, options.iterations));
+      }
+    }
+    return {
+      machine: {
+        cpu: cpus()[0]?.model ?? 'unknown', cores: availableParallelism(), node: process.version,
+        gcc: gcc.status === 0 ? (gcc.stdout.split('\n')[0] ?? 'gcc') : null, workers: options.workers,
+        loadAverage: { start: loadStart, end: loadavg()[0]! },
+      },
+      results,
+      notes,
+    };
+  } finally {
+    rmSync(directory, { recursive: true, force: true });
+  }
+}
+
+export function registerBenchSync(bench: Command): void {
+  bench
+    .command('sync')
+    .description('one DirtySync round end to end (simulated kernel -> engine -> runs), 2 sources, against the same work in C')
+    .option('--guest <sizes>', 'guest sizes, comma-separated', '64GiB,1TiB,4TiB')
+    .option('--density <fractions>', 'dirty fractions per source, comma-separated', '0.001,0.01,0.05')
+    .option('--workers <n>', 'engine worker threads', String(availableParallelism()))
+    .option('--iterations <n>', 'measured rounds per case', '5')
+    .option('--json', 'print one JSON document')
+    .action(async (flags: { guest: string; density: string; workers: string; iterations: string; json?: boolean }) => {
+      const guests = flags.guest.split(',').map((text) => parseSize('--guest', text));
+      for (const guest of guests) if (guest < 8n << 30n || guest % (2n << 20n) !== 0n) throw new UsageError('--guest: each size must be at least 8GiB and a multiple of 2MiB');
+      const densities = flags.density.split(',').map(Number);
+      for (const d of densities) if (!(d > 0 && d <= 0.5)) throw new UsageError(`--density: ${d} must be a fraction in (0, 0.5]`);
+      const steps = guests.length * densities.length;
+      const bar = progress(steps, 'bench sync', !flags.json);
+      let done = 0;
+      let report: SyncBenchReport;
+      try {
+        report = await runSyncBench({
+          guests, densities, workers: parseCount('--workers', flags.workers), iterations: parseCount('--iterations', flags.iterations),
+          onStep: (label) => bar.update(done++, label),
+        });
+      } finally {
+        bar.stop();
+      }
+      if (flags.json) return printJson({ machine: report.machine, results: report.results, notes: report.notes });
+      const rows: (string | number)[][] = [];
+      for (const ours of report.results.filter((r) => r.impl === 'vfio-iommufd')) {
+        const c = report.results.find((r) => r.impl === 'c-reference' && r.guestBytes === ours.guestBytes && r.density === ours.density);
+        rows.push([
+          formatBytes(ours.guestBytes), `${(ours.density * 100).toFixed(1)} %`, ours.roundMs.toFixed(1),
+          `${ours.phases.queryMs.toFixed(1)} / ${ours.phases.mergeMs.toFixed(1)} / ${ours.phases.scanMs.toFixed(1)}`,
+          c ? c.roundMs.toFixed(1) : '-', c ? `${c.phases.queryMs.toFixed(1)} / ${c.phases.mergeMs.toFixed(1)} / ${c.phases.scanMs.toFixed(1)}` : '-',
+          c ? `${(ours.roundMs / c.roundMs).toFixed(2)}x` : '-',
+        ]);
+      }
+      const m = report.machine;
+      process.stdout.write(`${m.cpu}, ${m.cores} cores, ${m.workers} workers, node ${m.node}, ${m.gcc ?? 'no gcc'}; load ${m.loadAverage.start.toFixed(2)} -> ${m.loadAverage.end.toFixed(2)}\n`);
+      process.stdout.write(`${table(['guest', 'dirty/source', 'round ms', 'query/merge/scan ms', 'C round ms', 'C query/merge/scan ms', 'ours / C'], rows)}\n`);
+      for (const note of report.notes) process.stdout.write(`note: ${note}\n`);
+    });
+}
