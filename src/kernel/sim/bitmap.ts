@@ -1,0 +1,252 @@
+// Bit operations for the simulated kernel's dirty state and for callers' bitmaps.
+//
+// Dirty state must scale to a 1 TiB guest at 4 KiB pages (2^28 bits, 32 MiB), so it is a
+// bitmap of 32-bit words allocated lazily in chunks, never an object per page. Bit i of a
+// caller's bitmap is bit (i % 8) of byte (i / 8): the little-endian u64 layout of the uAPI.
+
+/** Index of the lowest set bit of a non-zero 32-bit word. */
+export function lowestSetBit(word: number): number {
+  return 31 - Math.clz32(word & -word);
+}
+
+/** Number of set bits of a 32-bit word. */
+export function popcount32(word: number): number {
+  let v = word - ((word >>> 1) & 0x55555555);
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+  return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}
+
+/** A mask of bits [from, to) of one 32-bit word (0 <= from < to <= 32). */
+function wordMask(from: number, to: number): number {
+  const high = to === 32 ? 0xffffffff : (1 << to) - 1;
+  return (high & ~((1 << from) - 1)) >>> 0;
+}
+
+/**
+ * A bitmap of `size` bits stored as lazily allocated chunks of 2^18 bits (32 KiB): a range
+ * never written costs nothing, so a 1 TiB guest that dirties 1% of its memory in one place
+ * holds only the chunks it touched.
+ */
+export class ChunkedBitmap {
+  static readonly CHUNK_SHIFT = 18;
+  static readonly CHUNK_BITS = 1 << ChunkedBitmap.CHUNK_SHIFT;
+  static readonly CHUNK_WORDS = ChunkedBitmap.CHUNK_BITS / 32;
+
+  private readonly chunks = new Map<number, Uint32Array>();
+  /** Chunk indexes in ascending order, rebuilt after a chunk is added. */
+  private sortedKeys: number[] | undefined = [];
+
+  constructor(readonly size: number) {
+    if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`bitmap size ${size} is not a safe integer`);
+  }
+
+  /** Bytes held by the allocated chunks. */
+  get allocatedBytes(): number {
+    return this.chunks.size * ChunkedBitmap.CHUNK_WORDS * 4;
+  }
+
+  private chunk(index: number): Uint32Array {
+    let chunk = this.chunks.get(index);
+    if (!chunk) {
+      chunk = new Uint32Array(ChunkedBitmap.CHUNK_WORDS);
+      this.chunks.set(index, chunk);
+      this.sortedKeys = undefined;
+    }
+    return chunk;
+  }
+
+  /** Indexes of allocated chunks overlapping bits [from, to), ascending. */
+  private chunksIn(from: number, to: number): number[] {
+    if (!this.sortedKeys) this.sortedKeys = [...this.chunks.keys()].sort((a, b) => a - b);
+    const first = Math.floor(from / ChunkedBitmap.CHUNK_BITS);
+    const last = Math.floor((to - 1) / ChunkedBitmap.CHUNK_BITS);
+    const keys = this.sortedKeys;
+    let low = 0;
+    let high = keys.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (keys[middle]! < first) low = middle + 1;
+      else high = middle;
+    }
+    const result: number[] = [];
+    for (let index = low; index < keys.length && keys[index]! <= last; index++) result.push(keys[index]!);
+    return result;
+  }
+
+  test(bit: number): boolean {
+    const chunk = this.chunks.get(Math.floor(bit / ChunkedBitmap.CHUNK_BITS));
+    if (!chunk) return false;
+    const inChunk = bit % ChunkedBitmap.CHUNK_BITS;
+    return ((chunk[inChunk >>> 5]! >>> (inChunk & 31)) & 1) === 1;
+  }
+
+  set(bit: number): void {
+    const chunk = this.chunk(Math.floor(bit / ChunkedBitmap.CHUNK_BITS));
+    const inChunk = bit % ChunkedBitmap.CHUNK_BITS;
+    chunk[inChunk >>> 5]! |= 1 << (inChunk & 31);
+  }
+
+  /** Sets bits [from, to). */
+  setRange(from: number, to: number): void {
+    let bit = Math.max(0, from);
+    const end = Math.min(to, this.size);
+    while (bit < end) {
+      const chunkIndex = Math.floor(bit / ChunkedBitmap.CHUNK_BITS);
+      const chunkStart = chunkIndex * ChunkedBitmap.CHUNK_BITS;
+      const chunkEnd = Math.min(end, chunkStart + ChunkedBitmap.CHUNK_BITS);
+      applyToWords(this.chunk(chunkIndex), bit - chunkStart, chunkEnd - chunkStart, true);
+      bit = chunkEnd;
+    }
+  }
+
+  /** Clears bits [from, to); chunks that become empty are kept (they will likely be written again). */
+  clearRange(from: number, to: number): void {
+    const start = Math.max(0, from);
+    const end = Math.min(to, this.size);
+    if (start >= end) return;
+    for (const chunkIndex of this.chunksIn(start, end)) {
+      const chunkStart = chunkIndex * ChunkedBitmap.CHUNK_BITS;
+      const local = Math.max(start, chunkStart) - chunkStart;
+      const localEnd = Math.min(end, chunkStart + ChunkedBitmap.CHUNK_BITS) - chunkStart;
+      applyToWords(this.chunks.get(chunkIndex)!, local, localEnd, false);
+    }
+  }
+
+  /** Calls `visit(start, end)` for each maximal run of set bits within [from, to), in order. */
+  forEachSetRun(from: number, to: number, visit: (start: number, end: number) => void): void {
+    const start = Math.max(0, from);
+    const end = Math.min(to, this.size);
+    if (start >= end) return;
+    let runStart = -1;
+    let runEnd = -1;
+    for (const chunkIndex of this.chunksIn(start, end)) {
+      const chunk = this.chunks.get(chunkIndex)!;
+      const chunkStart = chunkIndex * ChunkedBitmap.CHUNK_BITS;
+      let local = Math.max(start, chunkStart) - chunkStart;
+      const localEnd = Math.min(end, chunkStart + ChunkedBitmap.CHUNK_BITS) - chunkStart;
+      while (local < localEnd) {
+        const word = local >>> 5;
+        const wordBase = word * 32;
+        const wordEnd = Math.min(localEnd, wordBase + 32);
+        let value = chunk[word]!;
+        if (value === 0) {
+          local = wordEnd;
+          continue;
+        }
+        value = (value & wordMask(local - wordBase, wordEnd - wordBase)) >>> 0;
+        while (value !== 0) {
+          const low = lowestSetBit(value);
+          // Length of the run of ones starting at `low`.
+          const zeros = ~(value >>> low);
+          const length = zeros === 0 ? 32 - low : Math.min(32 - low, lowestSetBit(zeros));
+          const bitStart = chunkStart + wordBase + low;
+          if (runStart >= 0 && bitStart === runEnd) {
+            runEnd = bitStart + length;
+          } else {
+            if (runStart >= 0) visit(runStart, runEnd);
+            runStart = bitStart;
+            runEnd = bitStart + length;
+          }
+          value = (value & ~wordMask(low, low + length)) >>> 0;
+        }
+        local = wordEnd;
+      }
+    }
+    if (runStart >= 0) visit(runStart, runEnd);
+  }
+
+  /** Number of set bits within [from, to). */
+  count(from = 0, to = this.size): number {
+    let total = 0;
+    this.forEachSetRun(from, to, (start, end) => {
+      total += end - start;
+    });
+    return total;
+  }
+
+  /** Drops every chunk. */
+  reset(): void {
+    this.chunks.clear();
+    this.sortedKeys = [];
+  }
+}
+
+/** Sets or clears bits [from, to) of one chunk's words. */
+function applyToWords(words: Uint32Array, from: number, to: number, set: boolean): void {
+  let local = from;
+  while (local < to) {
+    const word = local >>> 5;
+    const wordEnd = Math.min(to, (word + 1) * 32);
+    if ((local & 31) === 0 && wordEnd - local === 32) {
+      // Whole words: fill them in one go.
+      const lastWord = (to >>> 5) - 1;
+      words.fill(set ? 0xffffffff : 0, word, lastWord + 1);
+      local = (lastWord + 1) * 32;
+      continue;
+    }
+    const mask = wordMask(local & 31, wordEnd - word * 32);
+    if (set) words[word]! |= mask;
+    else words[word]! &= ~mask;
+    local = wordEnd;
+  }
+}
+
+/** Sets bits [from, to) of a caller's byte bitmap. */
+export function setBits(bytes: Uint8Array, from: number, to: number): void {
+  if (to <= from) return;
+  let bit = from;
+  while (bit < to && (bit & 7) !== 0) {
+    bytes[bit >>> 3]! |= 1 << (bit & 7);
+    bit++;
+  }
+  const wholeEnd = to - (to & 7);
+  if (bit < wholeEnd) {
+    bytes.fill(0xff, bit >>> 3, wholeEnd >>> 3);
+    bit = wholeEnd;
+  }
+  while (bit < to) {
+    bytes[bit >>> 3]! |= 1 << (bit & 7);
+    bit++;
+  }
+}
+
+/** Clears bits [from, to) of a caller's byte bitmap. */
+export function clearBits(bytes: Uint8Array, from: number, to: number): void {
+  if (to <= from) return;
+  let bit = from;
+  while (bit < to && (bit & 7) !== 0) {
+    bytes[bit >>> 3]! &= ~(1 << (bit & 7));
+    bit++;
+  }
+  const wholeEnd = to - (to & 7);
+  if (bit < wholeEnd) {
+    bytes.fill(0, bit >>> 3, wholeEnd >>> 3);
+    bit = wholeEnd;
+  }
+  while (bit < to) {
+    bytes[bit >>> 3]! &= ~(1 << (bit & 7));
+    bit++;
+  }
+}
+
+export function testBit(bytes: Uint8Array, bit: number): boolean {
+  return ((bytes[bit >>> 3] ?? 0) >>> (bit & 7) & 1) === 1;
+}
+
+/** Number of set bits in a caller's byte bitmap, over bits [from, to). */
+export function countBits(bytes: Uint8Array, from = 0, to = bytes.length * 8): number {
+  let total = 0;
+  let bit = from;
+  while (bit < to && (bit & 7) !== 0) {
+    if (testBit(bytes, bit)) total++;
+    bit++;
+  }
+  const wholeEnd = to - (to & 7);
+  for (let index = bit >>> 3; index < wholeEnd >>> 3; index++) total += popcount32(bytes[index]!);
+  bit = Math.max(bit, wholeEnd);
+  while (bit < to) {
+    if (testBit(bytes, bit)) total++;
+    bit++;
+  }
+  return total;
+}

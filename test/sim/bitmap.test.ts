@@ -1,0 +1,112 @@
+// The bit structures under every dirty source, checked against a plain boolean-array model.
+import { fc, test } from '@fast-check/vitest';
+import { describe, expect, it } from 'vitest';
+import { ChunkedBitmap, countBits, setBits, testBit } from '../../src/kernel/sim/index.js';
+import { clearBits } from '../../src/kernel/sim/bitmap.js';
+import { Xoshiro128 } from '../../src/kernel/sim/prng.js';
+
+type Operation = { set: boolean; from: number; to: number };
+
+function runsOf(model: boolean[], from: number, to: number): [number, number][] {
+  const runs: [number, number][] = [];
+  let start = -1;
+  for (let index = from; index <= to; index++) {
+    const on = index < to && model[index] === true;
+    if (on && start < 0) start = index;
+    if (!on && start >= 0) {
+      runs.push([start, index]);
+      start = -1;
+    }
+  }
+  return runs;
+}
+
+// Sizes across chunk boundaries (2^18 bits per chunk), ranges across words and chunks.
+const size = ChunkedBitmap.CHUNK_BITS * 2 + 77;
+const range = fc.tuple(fc.nat(size), fc.nat(size)).map(([a, b]) => [Math.min(a, b), Math.max(a, b)] as const);
+const operation = fc.tuple(fc.boolean(), range).map(([set, [from, to]]): Operation => ({ set, from, to }));
+
+describe('ChunkedBitmap', () => {
+  test.prop([fc.array(operation, { maxLength: 12 }), range], { numRuns: 60 })(
+    'set/clear ranges then runs and counts match a boolean-array model',
+    (operations, [from, to]) => {
+      const bitmap = new ChunkedBitmap(size);
+      const model = new Array<boolean>(size).fill(false);
+      for (const op of operations) {
+        if (op.set) bitmap.setRange(op.from, op.to);
+        else bitmap.clearRange(op.from, op.to);
+        for (let index = op.from; index < op.to; index++) model[index] = op.set;
+      }
+      const runs: [number, number][] = [];
+      bitmap.forEachSetRun(from, to, (start, end) => runs.push([start, end]));
+      expect(runs).toEqual(runsOf(model, from, to));
+      expect(bitmap.count(from, to)).toBe(model.slice(from, to).filter(Boolean).length);
+      for (const probe of [from, to - 1, Math.floor((from + to) / 2)]) {
+        if (probe >= 0 && probe < size) expect(bitmap.test(probe)).toBe(model[probe]);
+      }
+    },
+  );
+
+  it('allocates only the chunks written', () => {
+    const bitmap = new ChunkedBitmap(2 ** 40 / 4096); // a 1 TiB guest at 4 KiB
+    expect(bitmap.allocatedBytes).toBe(0);
+    bitmap.set(12345);
+    bitmap.set(2 ** 27 + 1);
+    expect(bitmap.allocatedBytes).toBe(2 * 32 * 1024);
+    bitmap.clearRange(0, bitmap.size);
+    expect(bitmap.count()).toBe(0);
+    bitmap.reset();
+    expect(bitmap.allocatedBytes).toBe(0);
+  });
+
+  it('rejects a size that is not a safe integer', () => {
+    expect(() => new ChunkedBitmap(2 ** 60)).toThrow(RangeError);
+  });
+});
+
+describe('caller bitmaps (bit i in byte i/8, bit i%8)', () => {
+  test.prop([fc.array(operation, { maxLength: 10 })], { numRuns: 60 })('setBits/clearBits/countBits match the model', (operations) => {
+    const bits = 1000;
+    const bytes = new Uint8Array(bits / 8);
+    const model = new Array<boolean>(bits).fill(false);
+    for (const op of operations) {
+      const from = op.from % bits;
+      const to = Math.min(bits, from + (op.to - op.from) % 300);
+      if (op.set) setBits(bytes, from, to);
+      else clearBits(bytes, from, to);
+      for (let index = from; index < to; index++) model[index] = op.set;
+    }
+    for (let index = 0; index < bits; index++) expect(testBit(bytes, index)).toBe(model[index]);
+    expect(countBits(bytes)).toBe(model.filter(Boolean).length);
+    expect(countBits(bytes, 3, 997)).toBe(model.slice(3, 997).filter(Boolean).length);
+  });
+});
+
+describe('Xoshiro128 (xoshiro128** 1.1, SplitMix32-seeded)', () => {
+  it('matches the reference C implementation from state {1, 2, 3, 4}', () => {
+    const random = Xoshiro128.fromState(1, 2, 3, 4);
+    expect(Array.from({ length: 6 }, () => random.nextUint32())).toEqual([11520, 0, 5927040, 70819200, 2031721883, 1637235492]);
+  });
+
+  it('is deterministic per seed and different across seeds', () => {
+    const a = new Xoshiro128(42);
+    const b = new Xoshiro128(42);
+    const c = new Xoshiro128(43);
+    const first = Array.from({ length: 8 }, () => a.nextUint32());
+    expect(Array.from({ length: 8 }, () => b.nextUint32())).toEqual(first);
+    expect(Array.from({ length: 8 }, () => c.nextUint32())).not.toEqual(first);
+  });
+
+  it('nextBelow stays in range and is roughly uniform', () => {
+    const random = new Xoshiro128(1);
+    const counts = new Array<number>(10).fill(0);
+    for (let i = 0; i < 100_000; i++) counts[random.nextBelow(10)]!++;
+    for (const count of counts) expect(Math.abs(count - 10_000)).toBeLessThan(500);
+    for (let i = 0; i < 1000; i++) {
+      const value = random.nextBelow(2 ** 40);
+      expect(value).toBeGreaterThanOrEqual(0);
+      expect(value).toBeLessThan(2 ** 40);
+    }
+    expect(() => random.nextBelow(0)).toThrow(RangeError);
+  });
+});
