@@ -165,6 +165,8 @@ export class DmaLog {
       const to = Number(toPage);
       // Byte offset of the range's first log page from the report's start (exact below 2^53).
       const base = Number(range.firstPage * pageSize - iova);
+      // Same page size and the log's pages on the report's bit grid: OR whole words.
+      if (reportPage === logPage && base % logPage === 0 && range.pages.orInto(from, to, bitmap, base / logPage + from, true)) continue;
       range.pages.forEachSetRun(from, to, (first, after) => {
         // iova_bitmap_set(page iova, page size), clipped to the report's range.
         const start = Math.max(0, base + first * logPage);

@@ -134,6 +134,14 @@ export class DomainMapping {
     if (!noClear) this.dirty.clearRange(k, to);
   }
 
+  /**
+   * The word-wise path of readAndClear when every IOPTE is one granule and the caller's page is
+   * the granule: OR granules [from, to) into `bitmap` from bit `bit`. False when not applicable.
+   */
+  readAndClearInto(from: number, to: number, noClear: boolean, bitmap: Uint8Array, bit: number): boolean {
+    return this.uniform && this.dirty.orInto(from, to, bitmap, bit, !noClear);
+  }
+
   /** Dirty granule count (IOPTE heads) — for inspection. */
   dirtyIoptes(): number {
     return this.dirty.count();

@@ -448,6 +448,7 @@ function readDirty(hwpt: HwptObject, iova: bigint, length: bigint, pageSize: big
     const to = Number((end - area.iova + granule - 1n) / granule);
     // Granule k of the area is granule (base + k) of the request.
     const base = Number((area.iova - iova) / granule);
+    if (pageSize === granule && mapping.readAndClearInto(from, to, noClear, bitmap, base + from)) continue;
     if (pageSize >= granule) {
       const ratio = Number(pageSize / granule);
       mapping.readAndClear(from, to, noClear, (first, after) => {
