@@ -117,8 +117,11 @@ export interface IommufdHandle {
   ioasUnmap(ioasId: number, iova: bigint, length: bigint): bigint;
   /** IOMMU_IOAS_UNMAP of iova 0, length U64_MAX. */
   ioasUnmapAll(ioasId: number): bigint;
-  /** Allowed IOVA ranges and the IOVA alignment; grows its array and retries on EMSGSIZE. */
-  ioasIovaRanges(ioasId: number): { ranges: IovaRange[]; alignment: bigint };
+  /**
+   * Allowed IOVA ranges and the IOVA alignment; grows its array and retries on EMSGSIZE. With
+   * `capacity`, one ioctl with an array of that many entries (EMSGSIZE when more ranges exist).
+   */
+  ioasIovaRanges(ioasId: number, capacity?: number): { ranges: IovaRange[]; alignment: bigint };
   ioasAllowIovas(ioasId: number, ranges: readonly IovaRange[]): void;
   optionGet(optionId: number, objectId: number): bigint;
   optionSet(optionId: number, objectId: number, value: bigint): void;
@@ -137,9 +140,18 @@ export interface IommufdTestOps {
   /** True when the kernel answers IOMMU_TEST_CMD (probed once). */
   available(): boolean;
   /** IOMMU_TEST_OP_MOCK_DOMAIN(_FLAGS): a mock device attached to `ptId`, already bound. */
-  mockDomain(ptId: number, options?: { noDirty?: boolean; hugeIova?: boolean }): DeviceHandle;
+  mockDomain(ptId: number, options?: { noDirty?: boolean; hugeIova?: boolean }): MockDeviceHandle;
   /** IOMMU_TEST_OP_DIRTY: mark pages dirty in a mock HWPT; returns how many were marked. */
   markDirty(hwptId: number, request: DirtyBitmapRequest): bigint;
+}
+
+/** A kernel test mock device: bound and attached at birth, moved by attachPt (MOCK_DOMAIN_REPLACE), destroyed by close(). */
+export interface MockDeviceHandle extends DeviceHandle {
+  readonly kind: 'mock';
+  /** The selftest device object's ID (what IOMMU_DESTROY takes). */
+  readonly stdevId: number;
+  /** The page table the kernel attached it to at creation (an auto domain when created on an IOAS). */
+  readonly initialHwptId: number;
 }
 
 export interface DeviceInfo {

@@ -1,7 +1,6 @@
 import * as uapi from '../../uapi/index.js';
 import { InvalidArgumentError, isKernelError } from '../errors.js';
 import type {
-  DeviceHandle,
   DirtyBitmapRequest,
   HwInfo,
   HwptAllocRequest,
@@ -152,9 +151,12 @@ export class LinuxIommufd implements IommufdHandle {
     return iommu_ioas_unmap.readBigint(s, 'length');
   }
 
-  ioasIovaRanges(ioasId: number): { ranges: IovaRange[]; alignment: bigint } {
-    if (this.validate) checkU32('ioasId', ioasId);
-    let capacity = 4;
+  ioasIovaRanges(ioasId: number, fixedCapacity?: number): { ranges: IovaRange[]; alignment: bigint } {
+    if (this.validate) {
+      checkU32('ioasId', ioasId);
+      if (fixedCapacity !== undefined) checkU32('capacity', fixedCapacity);
+    }
+    let capacity = fixedCapacity ?? 4;
     for (let attempt = 0; ; attempt++) {
       const array = structBytes(capacity * iommu_iova_range.size);
       const pointers = this.io.pointers();
@@ -165,7 +167,7 @@ export class LinuxIommufd implements IommufdHandle {
         this.issue('IOMMU_IOAS_IOVA_RANGES', uapi.IOMMU_IOAS_IOVA_RANGES, s, { ioas_id: ioasId }, pointers);
       } catch (error) {
         // EMSGSIZE: the kernel wrote how many ranges there are; grow the array and ask again.
-        if (isKernelError(error, 'EMSGSIZE') && attempt < IOVA_RANGES_RETRIES) {
+        if (fixedCapacity === undefined && isKernelError(error, 'EMSGSIZE') && attempt < IOVA_RANGES_RETRIES) {
           capacity = Math.max(capacity + 1, iommu_ioas_iova_ranges.readNumber(s, 'num_iovas'));
           continue;
         }
@@ -296,7 +298,7 @@ class LinuxIommufdTestOps implements IommufdTestOps {
     return this.probed;
   }
 
-  mockDomain(ptId: number, options: { noDirty?: boolean; hugeIova?: boolean } = {}): DeviceHandle {
+  mockDomain(ptId: number, options: { noDirty?: boolean; hugeIova?: boolean } = {}): MockDevice {
     checkU32('ptId', ptId);
     let devFlags = 0;
     if (options.noDirty) devFlags |= uapi.MOCK_FLAGS_DEVICE_NO_DIRTY;

@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from '../errors.js';
-import type { DeviceHandle, DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, RegionInfo } from '../types.js';
+import type { DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, MockDeviceHandle, RegionInfo } from '../types.js';
 import { checkU32 } from '../validate.js';
 
 /**
@@ -7,7 +7,7 @@ import { checkU32 } from '../validate.js';
  * device ID), attached at birth, moved with MOCK_DOMAIN_REPLACE, and detached by destroying it.
  * It stands in for dirty-capable hardware on the real kernel; it has no VFIO regions or features.
  */
-export class MockDevice implements DeviceHandle {
+export class MockDevice implements MockDeviceHandle {
   readonly kind = 'mock' as const;
   readonly name: string;
   readonly stdevId: number;
