@@ -77,7 +77,7 @@ export function registerSimulate(program: Command): void {
       ));
       const s = result.summary;
       lines.push(s.converged ? `converged after ${s.rounds} rounds` : `did not converge: ${s.reason}`);
-      lines.push(`predicted downtime: ${s.predictedDowntimeMs === undefined ? '-' : `${s.predictedDowntimeMs.toFixed(1)} ms`}; simulated downtime: ${s.simulatedDowntimeMs === undefined ? '-' : `${s.simulatedDowntimeMs.toFixed(1)} ms`}`);
+      lines.push(`predicted downtime: ${s.predictedDowntimeMs === null ? '-' : `${s.predictedDowntimeMs.toFixed(1)} ms`}; simulated downtime: ${s.simulatedDowntimeMs === null ? '-' : `${s.simulatedDowntimeMs.toFixed(1)} ms`}`);
       lines.push(`total sent: ${formatBytes(s.totalSentBytes)}`);
       lines.push(`lost pages: ${s.lostPages}`);
       process.stdout.write(`${lines.join('\n')}\n`);

@@ -96,10 +96,11 @@ export interface SimulationResult {
   readonly summary: {
     readonly converged: boolean;
     /** Why not, when it did not. */
-    readonly reason: string | undefined;
+    readonly reason: string | null;
     readonly rounds: number;
-    readonly predictedDowntimeMs: number | undefined;
-    readonly simulatedDowntimeMs: number | undefined;
+    /** null when the run did not converge (or converged before any estimate). */
+    readonly predictedDowntimeMs: number | null;
+    readonly simulatedDowntimeMs: number | null;
     readonly totalSentBytes: number;
     readonly lostPages: number;
   };
@@ -144,8 +145,8 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     let rate = 0;
     let totalSent = 0;
     let lost = 0;
-    let predictedDowntimeMs: number | undefined;
-    let simulatedDowntimeMs: number | undefined;
+    let predictedDowntimeMs: number | null = null;
+    let simulatedDowntimeMs: number | null = null;
     let converged = false;
     for (let index = 0; index < options.maxRounds; index++) {
       const round = await sync.round();
@@ -174,14 +175,14 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
         simulatedDowntimeMs = sendSeconds * 1000 + round.durationMs;
         break;
       }
-      predictedDowntimeMs = estimate.converges ? estimate.expectedDowntimeMs : undefined;
+      predictedDowntimeMs = estimate.converges ? (estimate.expectedDowntimeMs ?? null) : null;
       // The guest runs while this round's pages go over the link.
       const step = workload.advance(sendSeconds);
       rate = sendSeconds > 0 ? (step.newlyDirty * Number(PAGE)) / sendSeconds : 0;
     }
     await sync.stop();
     const reason = converged
-      ? undefined
+      ? null
       : [...blockers, ...type1, rounds.at(-1)?.estimate.reason, `no round's pending pages fit the ${options.downtimeMs} ms downtime within ${options.maxRounds} rounds`]
           .filter(Boolean)
           .join('; ');
