@@ -179,7 +179,7 @@ export class DirtySync {
   /** Clears the whole migration bitmap: everything dirty was sent. */
   async markAllSent(): Promise<void> {
     const engine = this.engine!;
-    await engine.clear(this.bitmap.buffer, 0, this.bitmap.bits).catch(() => engine.sync.clear(this.bitmap.buffer, 0, this.bitmap.bits));
+    await clearBuffer(engine, this.bitmap.buffer, this.bitmap.usedBits);
     this.freeRetired();
   }
 
@@ -247,7 +247,8 @@ export class DirtySync {
 
     // Query: each kernel writes straight into its source buffer in shared memory. Sources that
     // OR (HWPT, DMA logging) start from zero; type1 overwrites its words.
-    for (const tracker of this.trackers) if (tracker.source) await clearBuffer(engine, tracker.source, bitmap.bits);
+    const bits = bitmap.usedBits;
+    for (const tracker of this.trackers) if (tracker.source) await clearBuffer(engine, tracker.source, bits);
     for (const tracker of this.trackers) tracker.query(context, placements);
     const queried = performance.now();
 
@@ -271,8 +272,8 @@ export class DirtySync {
     let mergedAt: number;
     try {
       const fused = sources.length
-        ? await engine.mergeCountScan(bitmap.buffer, sources, bitmap.bits)
-        : { newlySet: 0, runs: engine.scanRuns(bitmap.buffer, bitmap.bits) };
+        ? await engine.mergeCountScan(bitmap.buffer, sources, bits)
+        : { newlySet: 0, runs: engine.scanRuns(bitmap.buffer, bits) };
       merged = fused.newlySet;
       mergedAt = performance.now();
       for await (const chunk of fused.runs) take(chunk.runs, chunk.count);
@@ -282,12 +283,12 @@ export class DirtySync {
       // count may then miss them, the bitmap does not.
       dirtyPages = 0;
       runCount = 0;
-      merged = sources.length ? engine.sync.mergeAndCount(bitmap.buffer, sources, bitmap.bits) : 0;
+      merged = sources.length ? engine.sync.mergeAndCount(bitmap.buffer, sources, bits) : 0;
       mergedAt = performance.now();
       const output = engine.arena.allocate(1 << 20, 64);
       try {
-        for (let cursor = 0; cursor < bitmap.bits; ) {
-          const step = engine.sync.scanRuns(bitmap.buffer, bitmap.bits, cursor, output);
+        for (let cursor = 0; cursor < bits; ) {
+          const step = engine.sync.scanRuns(bitmap.buffer, bits, cursor, output);
           cursor = step.cursor;
           take(step.runs, step.count);
         }

@@ -49,6 +49,16 @@ export class MigrationBitmap {
     return this.engine.arena.allocate(this.bits / 8, 64);
   }
 
+  /**
+   * Bits in use: up to the end of the last placed block (live or retired). Rounds clear, merge
+   * and scan only these, not the whole capacity kept for mappings to come.
+   */
+  get usedBits(): number {
+    let end = 0;
+    for (const p of [...this.placements.values(), ...this.retiredList]) end = Math.max(end, p.bit + Math.ceil(p.bits / 64) * 64);
+    return end;
+  }
+
   /** Placements of the live mappings, in IOVA order. */
   get mappings(): BitmapPlacement[] {
     return [...this.placements.values()].sort((a, b) => (a.iova < b.iova ? -1 : 1));

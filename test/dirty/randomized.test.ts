@@ -12,8 +12,8 @@ const PAGE = 4096n;
 const ROUNDS = 10_000;
 const KiB64 = 65536n;
 
-/** Slots of guest memory that come and go: 16 slots of 256 KiB at 1 MiB strides. */
-const SLOTS = Array.from({ length: 16 }, (_, i) => ({ iova: BigInt(i) * 0x100000n, size: 0x40000n }));
+/** Slots of guest memory that come and go: 16 slots of 64 MiB at 128 MiB strides (bitmaps big enough to shard over both workers). */
+const SLOTS = Array.from({ length: 16 }, (_, i) => ({ iova: BigInt(i) * 0x8000000n, size: 0x4000000n }));
 
 let engine: Engine;
 beforeAll(async () => {
@@ -54,7 +54,7 @@ async function run(seed: number, rounds: number): Promise<Stats> {
     mapped.add(index);
   }
   for (const name of devices) await space.attach(name);
-  const sync = new DirtySync(space, { engine, initiallyDirty: false, capacityBytes: 256n << 20n });
+  const sync = new DirtySync(space, { engine, initiallyDirty: false, capacityBytes: 2n << 30n });
   await sync.start();
   const stats: Stats = { rounds: 0, writes: 0, maps: 0, unmaps: 0, queryFailures: 0, unmapFailures: 0, workerFaults: 0, checkedPages: 0, lost: 0 };
   /** IOVA pages written since they were last sent. */
