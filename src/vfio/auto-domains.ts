@@ -4,6 +4,13 @@ import * as uapi from '../uapi/index.js';
 import { Hwpt, type Device } from './device.js';
 import type { UndoStack } from './undo.js';
 
+/** A HWPT whose domain left the IOAS no usable IOVA range. */
+class CollapsedAperture extends Error {
+  constructor(device: string) {
+    super(`${device}: the HWPT allocated for it left its IOAS no IOVA range of a page`);
+  }
+}
+
 /**
  * Userspace auto domains for one IOAS, as QEMU does them: the kernel's own auto domains never
  * have dirty tracking, so the container allocates its HWPTs itself.
@@ -21,16 +28,14 @@ export class AutoDomains {
   attach(device: Device, undo: UndoStack): void {
     if (device.mdev) {
       // A mediated device has no IOMMU of its own: it attaches to the IOAS directly.
-      device.handle.attachPt(this.ioasId);
-      device.attachedToIoas = true;
-      undo.push(`detach ${device.name} from IOAS ${this.ioasId}`, () => {
-        device.attachedToIoas = false;
-        device.handle.detachPt();
-      });
+      this.attachToIoas(device, undo);
       return;
     }
     const wantsDirty = device.hostIommu?.dirtyTracking ?? false;
+    const iommuType = device.hostIommu?.typeNumber;
     for (const hwpt of this.hwpts) {
+      // Another driver's domain is never tried: 6.12 does not check whose domain a replace gets.
+      if (hwpt.iommuType !== iommuType) continue;
       if (wantsDirty && !hwpt.dirtyTracking) continue;
       try {
         device.handle.attachPt(hwpt.id);
@@ -41,10 +46,30 @@ export class AutoDomains {
       this.join(device, hwpt, undo);
       return;
     }
+    const mark = undo.mark;
+    try {
+      this.allocateAndAttach(device, wantsDirty, iommuType, undo);
+      if (!wantsDirty && this.apertureCollapsed()) throw new CollapsedAperture(device.name);
+    } catch (error) {
+      // A device that needs no dirty tracking loses nothing on the kernel's own auto domain,
+      // and some IOMMUs only work there: a virtio-iommu domain gets its aperture at its first
+      // attach (Linux 6.12), so one from IOMMU_HWPT_ALLOC collapses the IOAS to IOVA 0, or
+      // clashes with what is mapped (EADDRINUSE).
+      if (wantsDirty || !(error instanceof CollapsedAperture || isKernelError(error, 'EADDRINUSE'))) throw error;
+      undo.unwindTo(mark);
+      try {
+        this.attachToIoas(device, undo);
+      } catch {
+        throw error instanceof CollapsedAperture ? new Error(error.message) : error;
+      }
+    }
+  }
+
+  private allocateAndAttach(device: Device, wantsDirty: boolean, iommuType: number | undefined, undo: UndoStack): void {
     const devId = device.devId;
     if (devId === undefined) throw new Error(`${device.name} is not bound to an iommufd`);
     const id = this.iommufd.hwptAlloc({ devId, ptId: this.ioasId, flags: wantsDirty ? uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING : 0 });
-    const hwpt = new Hwpt(id, wantsDirty);
+    const hwpt = new Hwpt(id, wantsDirty, iommuType);
     this.hwpts.push(hwpt);
     undo.push(`destroy HWPT ${id}`, () => {
       this.hwpts.splice(this.hwpts.indexOf(hwpt), 1);
@@ -54,13 +79,29 @@ export class AutoDomains {
     this.join(device, hwpt, undo);
   }
 
+  /** The IOAS attached to directly: the kernel gives the device an auto domain of its own choosing. */
+  private attachToIoas(device: Device, undo: UndoStack): void {
+    device.handle.attachPt(this.ioasId);
+    device.attachedToIoas = true;
+    undo.push(`detach ${device.name} from IOAS ${this.ioasId}`, () => {
+      device.attachedToIoas = false;
+      if (device.handle.kind === 'mock') device.handle.close();
+      else device.handle.detachPt();
+    });
+  }
+
+  /** No IOVA range of a page is left: a domain without an aperture joined the IOAS. */
+  private apertureCollapsed(): boolean {
+    return !this.iommufd.ioasIovaRanges(this.ioasId).ranges.some((range) => range.last - range.start >= 0xfffn);
+  }
+
   /**
    * Detach in the order QEMU settled on (v5): detach the device, take it off its HWPT, destroy
    * the HWPT when no device is left on it. If the destroy fails the device goes back on.
    */
   detach(device: Device): void {
     if (device.attachedToIoas) {
-      device.handle.detachPt();
+      this.leave(device);
       device.attachedToIoas = false;
       return;
     }

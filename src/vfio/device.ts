@@ -13,6 +13,8 @@ export class Hwpt {
     readonly id: number,
     /** Allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING. */
     readonly dirtyTracking: boolean,
+    /** The IOMMU driver's hw_info type: a HWPT is only ever offered to devices of the same IOMMU. */
+    readonly iommuType: number | undefined,
   ) {}
 }
 

@@ -100,6 +100,26 @@ describe('attach and detach in every order', () => {
     kernel.assertClean();
   });
 
+  it('a device without dirty tracking whose HWPT cannot be placed falls back to the kernel\'s own auto domain', async () => {
+    // What virtio-iommu does on 6.12 (its domain gets an aperture only at first attach); the
+    // real-kernel suite shows it on edu, here the kernel's EADDRINUSE is injected.
+    const kernel = newKernel();
+    const space = new AddressSpace(kernel);
+    await space.map({ iova: 0n, size: 0x200000n });
+    kernel.failNext('IOMMU_HWPT_ALLOC', 'EADDRINUSE');
+    const plain = await space.attach('plain');
+    expect(plain.attachedToIoas).toBe(true);
+    expect(plain.hwpt).toBeUndefined();
+    expect(space.topology().containers[0]).toMatchObject({ hwpts: [], ioasDevices: ['plain'] });
+    expect(kernel.dmaWrite('plain', 0x1000n, 0x1000n)).toEqual({ written: 0x1000n, faulted: 0n });
+    // A dirty-capable device never falls back: without its HWPT it could not be tracked.
+    kernel.failNext('IOMMU_HWPT_ALLOC', 'EADDRINUSE');
+    await expect(space.attach('dirtyA')).rejects.toMatchObject({ ioctl: 'IOMMU_HWPT_ALLOC', code: 'EADDRINUSE' });
+    await space.detach('plain');
+    await space.close();
+    kernel.assertClean();
+  });
+
   it('replays mappings into a new container and maps into every container', async () => {
     const kernel = newKernel();
     const space = new AddressSpace(kernel);

@@ -11,22 +11,13 @@ const {
   vfio_device_feature_dma_logging_report,
 } = uapi;
 
-/** Which of GET/SET each feature supports: PROBE must ask with exactly those (vfio_check_feature). */
-const FEATURE_OPS: Record<number, number> = {
-  [uapi.VFIO_DEVICE_FEATURE_MIGRATION]: uapi.VFIO_DEVICE_FEATURE_GET,
-  [uapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE]: uapi.VFIO_DEVICE_FEATURE_GET | uapi.VFIO_DEVICE_FEATURE_SET,
-  [uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START]: uapi.VFIO_DEVICE_FEATURE_SET,
-  [uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP]: uapi.VFIO_DEVICE_FEATURE_SET,
-  [uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT]: uapi.VFIO_DEVICE_FEATURE_GET,
-  [uapi.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE]: uapi.VFIO_DEVICE_FEATURE_GET,
-};
-
 /** The most ranges DMA_LOGGING_START takes (PAGE_SIZE / sizeof(range)); more is E2BIG. */
 export const DMA_LOGGING_MAX_RANGES = 4096 / vfio_device_feature_dma_logging_range.size;
 
 /** A VFIO device fd: a cdev (`/dev/vfio/devices/vfioN`) or one from VFIO_GROUP_GET_DEVICE_FD. */
 export class LinuxDevice implements DeviceHandle {
   private boundDevId: number | undefined;
+  private readonly regions = new Map<number, RegionInfo>();
   private isClosed = false;
   private readonly io: IoctlIssuer;
   private readonly validate: boolean;
@@ -86,14 +77,19 @@ export class LinuxDevice implements DeviceHandle {
 
   getRegionInfo(index: number): RegionInfo {
     if (this.validate) checkU32('index', index);
+    const known = this.regions.get(index);
+    if (known) return known;
     const s = vfio_region_info.encode({ argsz: vfio_region_info.size, index });
     this.call('VFIO_DEVICE_GET_REGION_INFO', uapi.VFIO_DEVICE_GET_REGION_INFO, s, { index });
-    return {
+    const region = {
       index,
       flags: vfio_region_info.readNumber(s, 'flags'),
       size: vfio_region_info.readBigint(s, 'size'),
       offset: vfio_region_info.readBigint(s, 'offset'),
     };
+    // Fixed for the life of the fd: region accesses (DMA polling) need not ask every time.
+    this.regions.set(index, region);
+    return region;
   }
 
   regionRead(index: number, offset: bigint, length: number): Uint8Array {
@@ -116,8 +112,8 @@ export class LinuxDevice implements DeviceHandle {
 
   featureProbe(feature: number): boolean {
     if (this.validate) checkU32('feature', feature);
-    const ops = FEATURE_OPS[feature] ?? uapi.VFIO_DEVICE_FEATURE_GET;
-    const s = vfio_device_feature.encode({ argsz: vfio_device_feature.size, flags: feature | ops | uapi.VFIO_DEVICE_FEATURE_PROBE });
+    // PROBE alone asks whether the driver has the feature at all, whichever of GET/SET it takes.
+    const s = vfio_device_feature.encode({ argsz: vfio_device_feature.size, flags: feature | uapi.VFIO_DEVICE_FEATURE_PROBE });
     try {
       this.call('VFIO_DEVICE_FEATURE', uapi.VFIO_DEVICE_FEATURE, s, { feature });
       return true;

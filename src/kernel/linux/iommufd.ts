@@ -186,7 +186,7 @@ export class LinuxIommufd implements IommufdHandle {
       ranges.forEach((range, index) => {
         checkU64(`ranges[${index}].start`, range.start);
         checkU64(`ranges[${index}].last`, range.last);
-        if (range.last < range.start) throw new InvalidArgumentError(`ranges[${index}]`, 'last must not be below start');
+        if (range.last <= range.start) throw new InvalidArgumentError(`ranges[${index}]`, 'last must be above start (the kernel takes no single-byte range)');
       });
     }
     const array = encodeIovaRanges(ranges);

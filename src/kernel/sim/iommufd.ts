@@ -289,7 +289,7 @@ export class SimulatedIommufd implements IommufdHandle {
       ranges.forEach((range, index) => {
         checkU64(`ranges[${index}].start`, range.start);
         checkU64(`ranges[${index}].last`, range.last);
-        if (range.last < range.start) throw new InvalidArgumentError(`ranges[${index}]`, 'last must not be below start');
+        if (range.last <= range.start) throw new InvalidArgumentError(`ranges[${index}]`, 'last must be above start (the kernel takes no single-byte range)');
       });
     }
     this.ioctl('IOMMU_IOAS_ALLOW_IOVAS', { ioas_id: ioasId, num_iovas: ranges.length }, () => {
