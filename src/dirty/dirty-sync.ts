@@ -245,21 +245,23 @@ export class DirtySync {
     const begin = performance.now();
     this.failures = [];
 
-    // Query: each kernel writes straight into its source buffer in shared memory. Sources that
-    // OR (HWPT, DMA logging) start from zero; type1 overwrites its words.
+    // Query: each kernel writes straight into shared memory. Sources that only set bits (HWPT,
+    // DMA logging) at the migration page size write into the migration bitmap itself; newly
+    // dirty pages are then the count after the round less the count before it. type1 overwrites
+    // its words, so it writes into a buffer of its own, merged below.
     const bits = bitmap.usedBits;
+    const before = await countBits(engine, bitmap.buffer, bits);
     for (const tracker of this.trackers) if (tracker.source) await clearBuffer(engine, tracker.source, bits);
     for (const tracker of this.trackers) tracker.query(context, placements);
     const queried = performance.now();
 
     // Merge: resample what has another page size, mark untracked devices' ranges, then OR the
-    // same-geometry sources in and scan, fused, in the workers.
-    let newly = 0;
+    // remaining sources in and scan, fused, in the workers.
     for (const tracker of this.trackers) {
       if (!tracker.scratch) continue;
-      for (const p of placements) newly += await tracker.scratch.resampleInto(engine, bitmap, p);
+      for (const p of placements) await tracker.scratch.resampleInto(engine, bitmap, p);
     }
-    if (this.untracked.length) for (const p of placements) newly += engine.sync.setRange(bitmap.buffer, p.bit, p.bit + p.bits);
+    if (this.untracked.length) for (const p of placements) engine.sync.setRange(bitmap.buffer, p.bit, p.bit + p.bits);
     const sources: BitmapLike[] = this.trackers.flatMap((t) => (t.source ? [t.source] : []));
     let dirtyPages = 0;
     let runCount = 0;
@@ -268,22 +270,19 @@ export class DirtySync {
       runCount += count;
       options.onRuns?.(runs, count);
     };
-    let merged: number;
     let mergedAt: number;
     try {
       const fused = sources.length
         ? await engine.mergeCountScan(bitmap.buffer, sources, bits)
         : { newlySet: 0, runs: engine.scanRuns(bitmap.buffer, bits) };
-      merged = fused.newlySet;
       mergedAt = performance.now();
       for await (const chunk of fused.runs) take(chunk.runs, chunk.count);
     } catch {
       // A worker failure the pool could not redo: the sources are still in shared memory, so
-      // merge and scan on this thread. Bits merged before the failure are set already; the
-      // count may then miss them, the bitmap does not.
+      // merge and scan on this thread. Bits merged before the failure are set already.
       dirtyPages = 0;
       runCount = 0;
-      merged = sources.length ? engine.sync.mergeAndCount(bitmap.buffer, sources, bits) : 0;
+      if (sources.length) engine.sync.mergeAndCount(bitmap.buffer, sources, bits);
       mergedAt = performance.now();
       const output = engine.arena.allocate(1 << 20, 64);
       try {
@@ -296,7 +295,8 @@ export class DirtySync {
         output.free();
       }
     }
-    newly += merged;
+    // Bits are only ever set during a round (the consumer clears between rounds).
+    const newly = dirtyPages - before;
     const end = performance.now();
     const sinceLast = (end - this.lastRoundEnd) / 1000;
     this.lastRoundEnd = end;
@@ -466,6 +466,14 @@ export class DirtySync {
     if (this.ownsEngine) await this.engine?.close();
     this.engine = undefined;
     if (errors.length) throw errors[0];
+  }
+}
+
+async function countBits(engine: Engine, buffer: ArenaBuffer, bits: number): Promise<number> {
+  try {
+    return await engine.popcount(buffer, 0, bits);
+  } catch {
+    return engine.sync.popcount(buffer, 0, bits);
   }
 }
 

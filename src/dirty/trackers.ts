@@ -73,6 +73,14 @@ export abstract class Tracker {
   abstract readonly kind: TrackerKind;
   abstract readonly name: string;
   abstract readonly devices: readonly Device[];
+  /**
+   * The kernel only sets bits in the caller's bitmap (HWPT dirty bitmaps, DMA logging reports):
+   * at the migration page size such a source writes straight into the migration bitmap, which
+   * is then the merge. A source that overwrites (type1) gets a buffer of its own.
+   */
+  abstract readonly onlySetsBits: boolean;
+  /** True when the kernel writes this tracker's bits straight into the migration bitmap. */
+  direct = false;
   /** A source bitmap in the migration bitmap's geometry (same page size): merged by a plain OR. */
   source: ArenaBuffer | undefined;
   /** A scratch bitmap at another page size: resampled into the migration bitmap per placement. */
@@ -85,20 +93,24 @@ export abstract class Tracker {
 
   /** Sources and scratch buffers are sized for the placements: rebuild them when those change. */
   layout(context: TrackerContext, placements: readonly BitmapPlacement[], pageSize: bigint): void {
-    // A same-geometry source spans the whole bitmap whatever is mapped: keep it.
-    if (pageSize === context.bitmap.pageSize && this.source && !this.scratch) return;
+    const same = pageSize === context.bitmap.pageSize;
+    // A same-geometry target spans the whole bitmap whatever is mapped: keep it.
+    if (same && (this.direct || this.source) && !this.scratch) return;
     this.release();
-    if (pageSize === context.bitmap.pageSize) this.source = context.bitmap.allocateSource();
+    if (same && this.onlySetsBits) this.direct = true;
+    else if (same) this.source = context.bitmap.allocateSource();
     else this.scratch = new ScratchLayout(context.engine, placements, pageSize);
   }
 
   /** The view the kernel writes a placement's bits into. */
   protected target(context: TrackerContext, placement: BitmapPlacement): Uint8Array {
+    if (this.direct) return context.bitmap.view(context.bitmap.buffer, placement);
     if (this.source) return context.bitmap.view(this.source, placement);
     return this.scratch!.view(placement);
   }
 
   release(): void {
+    this.direct = false;
     this.source?.free();
     this.source = undefined;
     this.scratch?.free();
@@ -109,6 +121,7 @@ export abstract class Tracker {
 /** IOMMU_HWPT_SET_DIRTY_TRACKING / GET_DIRTY_BITMAP on one HWPT, for all the devices on it. */
 export class IommuTracker extends Tracker {
   readonly kind = 'iommu' as const;
+  readonly onlySetsBits = true;
   readonly name: string;
   private enabled = false;
 
@@ -177,6 +190,7 @@ export function combineRanges(ranges: readonly DmaLoggingRange[], maximum: numbe
 /** A device's own DMA logging (VFIO_DEVICE_FEATURE_DMA_LOGGING_*). */
 export class DeviceLoggingTracker extends Tracker {
   readonly kind = 'dma-logging' as const;
+  readonly onlySetsBits = true;
   readonly name: string;
   readonly devices: readonly Device[];
   /** The page size the device chose at START. */
@@ -227,7 +241,7 @@ export class DeviceLoggingTracker extends Tracker {
     }
     for (const placement of placements) {
       const bitmap = this.target(context, placement);
-      if (this.scratch) bitmap.fill(0); // the driver only sets bits; the direct source is cleared by the round
+      if (this.scratch) bitmap.fill(0); // the driver only sets bits; a direct target is the migration bitmap itself
       if (!this.report(context, placement, bitmap)) return;
     }
   }
@@ -274,6 +288,8 @@ export class DeviceLoggingTracker extends Tracker {
 /** type1's VFIO_IOMMU_DIRTY_PAGES for a legacy container: every pinned page is reported dirty. */
 export class Type1Tracker extends Tracker {
   readonly kind = 'type1' as const;
+  /** type1 copies whole words over the caller's bitmap. */
+  readonly onlySetsBits = false;
   readonly name: string;
   private started = false;
 
