@@ -14,6 +14,7 @@ import { Bench } from 'tinybench';
 import type { ArenaBuffer } from './arena.js';
 import { Engine } from './engine.js';
 import { packageRoot } from './module.js';
+import { mulberry32 } from './random.js';
 import {
   referenceMergeAndCount, referenceMergeCountScan, referencePopcount, referenceResample, referenceScanIndices,
   referenceScanRuns,
@@ -101,21 +102,9 @@ const TRAFFIC: Record<BenchKernel, { read: number; rmw: number }> = {
 const RESAMPLE_SHIFT = 4;
 const RESAMPLE_OFFSET_PAGES = 3;
 
-/** mulberry32, as the tests use. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
-
 /** Each bit set with probability `density`: random words at 1/2, geometric gaps below. */
 export function fillRandom(halves: Uint32Array, density: number, seed: number): void {
-  const next = random(seed);
+  const next = mulberry32(seed);
   if (density >= 0.5) {
     for (let i = 0; i < halves.length; i++) halves[i] = next();
     return;

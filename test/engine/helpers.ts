@@ -8,17 +8,7 @@ export const patternArbitrary: fc.Arbitrary<Pattern> = fc.constantFrom<Pattern>(
   'empty', 'full', 'sparse', 'half', 'dense', 'runs', 'single',
 );
 
-/** A small deterministic generator (mulberry32): bitmaps come from a seed so big ones stay cheap to generate and shrink. */
-export function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
+import { mulberry32 as random } from '../../src/engine/random.js';
 
 /** Fills 32-bit halves with a pattern. The whole buffer is filled, past any bit count too. */
 export function fill(halves: Uint32Array, pattern: Pattern, seed: number): void {
