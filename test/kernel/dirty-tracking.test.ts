@@ -4,26 +4,17 @@
 // the bitmap shapes of the kernel selftest's iommufd_dirty_tracking fixture (8k .. 128M of IOVA
 // at MOCK_IO_PAGE_SIZE = 2048) and at unaligned bitmap addresses. And the mock without dirty
 // tracking: EINVAL on a dirty HWPT, EOPNOTSUPP for a dirty HWPT of its own.
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { DeviceHandle, HostMemory, IommufdHandle } from '../../src/kernel/types.js';
 import * as uapi from '../../src/uapi/index.js';
 import { onVirtioIommu } from './harness/guest-env.js';
-import { expectKernelError, flushCoverage, kernel, MiB, setBit, setBits } from './support/kernel.js';
+import { expectKernelError, flushCoverage, kernel, MiB, perTestCleanup, setBit, setBits } from './support/kernel.js';
 
 const MOCK_PAGE = uapi.MOCK_IO_PAGE_SIZE;
 const START = uapi.MOCK_APERTURE_START;
 const DIRTY = uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
 
-const open: { close(): void }[] = [];
-function track<T extends { close(): void }>(handle: T): T {
-  open.push(handle);
-  return handle;
-}
-const memories: HostMemory[] = [];
-afterEach(() => {
-  for (const handle of open.splice(0).reverse()) handle.close();
-  for (const m of memories.splice(0)) m.release();
-});
+const { track, keep } = perTestCleanup();
 afterAll(() => flushCoverage('dirty-tracking.test.ts'));
 
 interface Fixture {
@@ -38,7 +29,7 @@ function fixture(size: bigint): Fixture {
   const fd = track(kernel().openIommufd());
   const ioas = fd.ioasAlloc();
   const buffer = kernel().allocateHostMemory(size);
-  memories.push(buffer);
+  keep(buffer);
   expect(fd.ioasMap({ ioasId: ioas, memory: buffer, length: size, iova: START })).toBe(START);
   const mock = track(fd.test!.mockDomain(ioas));
   const hwpt = fd.hwptAlloc({ devId: mock.devId!, ptId: ioas, flags: DIRTY });
@@ -184,7 +175,7 @@ describe.runIf(onVirtioIommu)('dirty tracking on a mock device: the rules', () =
     expect(setBits(bitmap, 64)).toEqual([]);
     // mapped again, the same IOVAs start clean
     const again = kernel().allocateHostMemory(64n * 1024n);
-    memories.push(again);
+    keep(again);
     f.fd.ioasMap({ ioasId: f.ioas, memory: again, length: 64n * 1024n, iova: START });
     f.fd.hwptGetDirtyBitmap({ hwptId: f.hwpt, iova: START, length: 64n * 1024n, pageSize: MOCK_PAGE, bitmap });
     expect(setBits(bitmap, 64)).toEqual([]);

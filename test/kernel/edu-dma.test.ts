@@ -2,11 +2,11 @@
 // into an IOAS (VFIO cdev + iommufd) or a type1 container (legacy group), and the IOMMU stops it
 // once the mapping is gone or when the mapping is read-only. Runs in both boots: virtio-iommu
 // and emulated VT-d translate edu's DMA.
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { DeviceHandle, HostMemory } from '../../src/kernel/types.js';
 import { edu, inKernelGuest } from './harness/guest-env.js';
 import { EDU_BUFFER_SIZE, EDU_DMA_LIMIT, eduCopy, eduDma, eduDriver, enableBusMaster, EDU_BUFFER, pattern } from './support/edu.js';
-import { flushCoverage, kernel } from './support/kernel.js';
+import { flushCoverage, kernel, perTestCleanup } from './support/kernel.js';
 
 /** Each host buffer is one page; transfers move EDU_BUFFER_SIZE bytes of it. */
 const SIZE = 4096n;
@@ -15,17 +15,12 @@ const IOVA_B = 0x0020_0000n;
 const IOVA_C = 0x0030_0000n;
 const IOVA_R = 0x0040_0000n;
 
-const open: { close(): void }[] = [];
-const memories: HostMemory[] = [];
-afterEach(() => {
-  for (const handle of open.splice(0).reverse()) handle.close();
-  for (const m of memories.splice(0)) m.release();
-});
+const { track, keep } = perTestCleanup();
 afterAll(() => flushCoverage('edu-dma.test.ts'));
 
 function buffer(): HostMemory & { bytes: Uint8Array } {
   const m = kernel().allocateHostMemory(SIZE);
-  memories.push(m);
+  keep(m);
   if (!m.bytes) throw new Error('host memory without a view');
   return m as HostMemory & { bytes: Uint8Array };
 }
@@ -91,10 +86,10 @@ async function dmaStory(
 describe.runIf(inKernelGuest)('edu DMA through iommufd (VFIO cdev)', () => {
   it('copies RAM to RAM through mapped IOVAs, and the IOMMU blocks an unmapped or read-only IOVA', async () => {
     const fd = kernel().openIommufd();
-    open.push(fd);
+    track(fd);
     const ioas = fd.ioasAlloc();
     const device = kernel().openDevice(edu.cdev);
-    open.push(device);
+    track(device);
     device.bindIommufd(fd);
     device.attachPt(ioas);
     const { copyMs } = await dmaStory(
@@ -111,13 +106,13 @@ describe.runIf(inKernelGuest)('edu DMA through the legacy type1 container (VFIO 
   it('copies RAM to RAM through mapped IOVAs, and the IOMMU blocks an unmapped or read-only IOVA', async () => {
     const groupId = kernel().locateDevice(edu.bdf).groupId!;
     const group = kernel().openGroup(groupId);
-    open.push(group);
+    track(group);
     const container = kernel().openLegacyContainer();
-    open.push(container);
+    track(container);
     group.setContainer(container);
     container.setIommu(3 /* VFIO_TYPE1v2_IOMMU */);
     const device = group.openDevice(edu.bdf);
-    open.push(device);
+    track(device);
     await dmaStory(
       device,
       (memory, iova, writeable) => container.mapDma({ memory, iova, size: SIZE, writeable }),

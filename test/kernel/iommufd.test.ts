@@ -3,35 +3,21 @@
 // a kernel test mock, and the errno of every failing path. Where the library refuses an argument
 // before the ioctl, the same request is also sent with validateArguments: false to show the
 // kernel's own errno.
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { HostMemory, IommufdHandle } from '../../src/kernel/types.js';
 import { U64_MAX } from '../../src/kernel/validate.js';
 import * as uapi from '../../src/uapi/index.js';
 import { HostIommuInfo } from '../../src/vfio/host-iommu-info.js';
 import { edu, onVirtioIommu } from './harness/guest-env.js';
-import { expectKernelError, expectRefused, flushCoverage, kernel, MiB, syscalls } from './support/kernel.js';
+import { expectKernelError, expectRefused, flushCoverage, kernel, MiB, perTestCleanup, syscalls } from './support/kernel.js';
 
 const MOCK_START = uapi.MOCK_APERTURE_START;
 const PAGE = 4096n;
 /** An object ID no test allocates (IDs count up from 1 per iommufd). */
 const NO_SUCH_ID = 0x7fff_fff0;
 
-const open: { close(): void }[] = [];
-function track<T extends { close(): void }>(handle: T): T {
-  open.push(handle);
-  return handle;
-}
-const memories: HostMemory[] = [];
-function memory(length: bigint): HostMemory {
-  const m = kernel().allocateHostMemory(length);
-  memories.push(m);
-  return m;
-}
+const { track, memory } = perTestCleanup();
 
-afterEach(() => {
-  for (const handle of open.splice(0).reverse()) handle.close();
-  for (const m of memories.splice(0)) m.release();
-});
 afterAll(() => flushCoverage('iommufd.test.ts'));
 
 function iommufd(options?: { validateArguments?: boolean }): IommufdHandle {

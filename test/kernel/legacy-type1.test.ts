@@ -3,29 +3,15 @@
 // dirty-page tracking (type1 reports every mapped page dirty), unmap with a dirty bitmap, and
 // the cdev/group exclusion. Each test closes the cdev first: a device bound to iommufd cannot
 // be used through its group at the same time.
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { GroupHandle, HostMemory, LegacyContainerHandle } from '../../src/kernel/types.js';
 import { U64_MAX } from '../../src/kernel/validate.js';
 import * as uapi from '../../src/uapi/index.js';
 import { edu, inKernelGuest, onIntelIommu } from './harness/guest-env.js';
-import { expectKernelError, expectRefused, flushCoverage, kernel, MiB, setBits } from './support/kernel.js';
+import { expectKernelError, expectRefused, flushCoverage, kernel, MiB, perTestCleanup, setBits } from './support/kernel.js';
 
 const PAGE = 4096n;
-const open: { close(): void }[] = [];
-function track<T extends { close(): void }>(handle: T): T {
-  open.push(handle);
-  return handle;
-}
-const memories: HostMemory[] = [];
-function memory(length: bigint): HostMemory {
-  const m = kernel().allocateHostMemory(length);
-  memories.push(m);
-  return m;
-}
-afterEach(() => {
-  for (const handle of open.splice(0).reverse()) handle.close();
-  for (const m of memories.splice(0)) m.release();
-});
+const { track, memory } = perTestCleanup();
 afterAll(() => flushCoverage('legacy-type1.test.ts'));
 
 const groupId = () => Number(edu.group.replace('/dev/vfio/', ''));

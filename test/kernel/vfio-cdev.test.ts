@@ -3,23 +3,16 @@
 // again = replace), detaching, device and region info, region access (config space and BAR0
 // MMIO), reset, and device features. Virtio-iommu boot.
 import { existsSync, realpathSync } from 'node:fs';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/kernel/errors.js';
 import type { DeviceHandle, IommufdHandle } from '../../src/kernel/types.js';
 import { U64_MAX } from '../../src/kernel/validate.js';
 import * as uapi from '../../src/uapi/index.js';
 import { HostIommuInfo } from '../../src/vfio/host-iommu-info.js';
 import { edu, onVirtioIommu } from './harness/guest-env.js';
-import { expectKernelError, expectRefused, flushCoverage, kernel, MiB } from './support/kernel.js';
+import { expectKernelError, expectRefused, flushCoverage, kernel, MiB, perTestCleanup } from './support/kernel.js';
 
-const open: { close(): void }[] = [];
-function track<T extends { close(): void }>(handle: T): T {
-  open.push(handle);
-  return handle;
-}
-afterEach(() => {
-  for (const handle of open.splice(0).reverse()) handle.close();
-});
+const { track } = perTestCleanup();
 afterAll(() => flushCoverage('vfio-cdev.test.ts'));
 
 const groupNumber = () => Number(edu.group.replace('/dev/vfio/', ''));

@@ -2,26 +2,19 @@
 // edu returns the unit's capability registers, HostIommuInfo decodes them, and binding edu's
 // cdev works without allow_unsafe_interrupts because interrupts are remapped. Intel boot.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { U64_MAX } from '../../src/kernel/validate.js';
 import * as uapi from '../../src/uapi/index.js';
 import { AddressSpace } from '../../src/vfio/address-space.js';
 import { HostIommuInfo } from '../../src/vfio/host-iommu-info.js';
 import { edu, onIntelIommu } from './harness/guest-env.js';
-import { expectKernelError, flushCoverage, kernel } from './support/kernel.js';
+import { expectKernelError, flushCoverage, kernel, perTestCleanup } from './support/kernel.js';
 
 /** What QEMU's intel-iommu (intremap=on, caching-mode=on) reported when this suite was written. */
 const MEASURED = { capReg: 0xd2008c22260286n, ecapReg: 0xf00f4an };
 const TOP_39_BITS = (1n << 39n) - 1n;
 
-const open: { close(): void }[] = [];
-function track<T extends { close(): void }>(handle: T): T {
-  open.push(handle);
-  return handle;
-}
-afterEach(() => {
-  for (const handle of open.splice(0).reverse()) handle.close();
-});
+const { track } = perTestCleanup();
 afterAll(() => flushCoverage('vtd.test.ts'));
 
 /** The DMAR unit's registers as the kernel shows them in sysfs. */

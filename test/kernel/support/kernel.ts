@@ -9,8 +9,9 @@
 // file written by the last test file holds the whole suite.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { expect } from 'vitest';
+import { afterEach, expect } from 'vitest';
 import { InvalidArgumentError, KernelError } from '../../../src/kernel/errors.js';
+import type { HostMemory } from '../../../src/kernel/types.js';
 import { linuxKernel, type LinuxKernel } from '../../../src/kernel/linux/index.js';
 import { libcSyscalls, MAP_FAILED, type IoctlArgument, type Syscalls } from '../../../src/kernel/linux/libc.js';
 import * as uapi from '../../../src/uapi/index.js';
@@ -387,4 +388,33 @@ export function setBits(bitmap: Uint8Array, bits: number): number[] {
   const out: number[] = [];
   for (let i = 0; i < bits; i++) if (testBit(bitmap, i)) out.push(i);
   return out;
+}
+
+/**
+ * What a test opens, given back after it whatever happened: handles closed newest first, then
+ * host memory released (a mapping must be gone before its memory is).
+ */
+export function perTestCleanup(): {
+  track<T extends { close(): void }>(handle: T): T;
+  memory(length: bigint): HostMemory;
+  keep(memory: HostMemory): HostMemory;
+} {
+  const open: { close(): void }[] = [];
+  const memories: HostMemory[] = [];
+  afterEach(() => {
+    for (const handle of open.splice(0).reverse()) handle.close();
+    for (const m of memories.splice(0)) m.release();
+  });
+  const keep = (m: HostMemory) => {
+    memories.push(m);
+    return m;
+  };
+  return {
+    track: (handle) => {
+      open.push(handle);
+      return handle;
+    },
+    memory: (length) => keep(kernel().allocateHostMemory(length)),
+    keep,
+  };
 }
