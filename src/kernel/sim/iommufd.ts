@@ -17,12 +17,10 @@ import {
   iommu_test_hw_info,
 } from '../../uapi/index.js';
 import { ERRNO } from '../errno.js';
+import { MockDeviceBase } from '../mock-device.js';
 import { InvalidArgumentError, KernelError, type KernelObjects } from '../errors.js';
 import type {
-  DeviceHandle,
-  DeviceInfo,
   DirtyBitmapRequest,
-  DmaLoggingRange,
   HwInfo,
   HwptAllocRequest,
   HwptDirtyBitmapRequest,
@@ -32,7 +30,6 @@ import type {
   IommufdTestOps,
   IovaRange,
   KernelOptions,
-  RegionInfo,
 } from '../types.js';
 import { checkBitmapRequest, checkLength, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
 import { setBits } from './bitmap.js';
@@ -569,32 +566,17 @@ export function mockIommuDevice(index: number, flags: number): IommuDevice {
 }
 
 /** A mock device from IOMMU_TEST_OP_MOCK_DOMAIN: bound at creation, attached with MOCK_DOMAIN_REPLACE. */
-export class SimulatedMockDevice implements DeviceHandle {
-  readonly kind = 'mock' as const;
-  readonly name: string;
-  /** out_stdev_id: the selftest object; destroying it destroys the device. */
-  readonly stdevId: number;
-  /** out_hwpt_id: the page table the kernel attached at creation (the auto domain when created on an IOAS). */
-  readonly initialHwptId: number;
-  private closedFlag = false;
-
+export class SimulatedMockDevice extends MockDeviceBase {
   constructor(
-    readonly iommufd: SimulatedIommufd,
+    override readonly iommufd: SimulatedIommufd,
     readonly selftest: SelftestObject,
     hwptId: number,
   ) {
-    this.stdevId = selftest.id;
-    this.initialHwptId = hwptId;
-    // As the linux shim names it (the kernel's own name is iommufd_mockN).
-    this.name = `mock${selftest.id}`;
+    super(iommufd, selftest.id, hwptId);
   }
 
   get devId(): number {
     return this.selftest.idev.id;
-  }
-
-  get closed(): boolean {
-    return this.closedFlag;
   }
 
   /** The device object it translates through (for the simulator's DMA), while it exists. */
@@ -602,70 +584,12 @@ export class SimulatedMockDevice implements DeviceHandle {
     return this.iommufd.context.released || this.iommufd.context.getAny(this.stdevId) !== this.selftest ? undefined : this.selftest.idev;
   }
 
-  bindIommufd(iommufd: IommufdHandle): number {
-    if (iommufd !== this.iommufd) throw new InvalidArgumentError('iommufd', 'a mock device is bound to the iommufd that created it');
-    return this.selftest.idev.id;
-  }
-
-  attachPt(ptId: number): number {
-    checkU32('ptId', ptId);
-    if (this.closedFlag) throw new InvalidArgumentError('device', `${this.name} is closed`);
+  protected replace(ptId: number): number {
     const objects: KernelObjects = { op: 'IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE', id: this.stdevId, pt_id: ptId };
     return this.iommufd.ioctl('IOMMU_TEST_CMD', objects, () => {
       const object = this.iommufd.context.getAny(this.stdevId);
       if (!object || object.type !== 'selftest') fail('ENOENT');
       return this.iommufd.context.replace(object.idev, ptId);
     });
-  }
-
-  detachPt(): void {
-    throw new InvalidArgumentError('device', `${this.name} is a test mock device: close() destroys it, which detaches it`);
-  }
-
-  getInfo(): DeviceInfo {
-    return this.notVfio('getInfo');
-  }
-
-  getRegionInfo(_index: number): RegionInfo {
-    return this.notVfio('getRegionInfo');
-  }
-
-  regionRead(_index: number, _offset: bigint, _length: number): Uint8Array {
-    return this.notVfio('regionRead');
-  }
-
-  regionWrite(_index: number, _offset: bigint, _data: Uint8Array): void {
-    this.notVfio('regionWrite');
-  }
-
-  reset(): void {
-    this.notVfio('reset');
-  }
-
-  featureProbe(_feature: number): boolean {
-    return false;
-  }
-
-  dmaLoggingStart(_pageSize: bigint, _ranges: readonly DmaLoggingRange[]): bigint {
-    return this.notVfio('dmaLoggingStart');
-  }
-
-  dmaLoggingStop(): void {
-    this.notVfio('dmaLoggingStop');
-  }
-
-  dmaLoggingReport(_request: DirtyBitmapRequest): void {
-    this.notVfio('dmaLoggingReport');
-  }
-
-  /** IOMMU_DESTROY of the selftest object (an InvalidArgumentError once the iommufd is closed, as on linux). */
-  close(): void {
-    if (this.closedFlag) return;
-    this.closedFlag = true;
-    this.iommufd.destroy(this.stdevId);
-  }
-
-  private notVfio(what: string): never {
-    throw new InvalidArgumentError('device', `${this.name} is a test mock device and has no VFIO ${what}`);
   }
 }
