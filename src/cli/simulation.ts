@@ -128,7 +128,8 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
   const kernel = simulatedKernel({ devices: options.devices.map(deviceSpec) });
   const space = new AddressSpace(kernel);
   const ranges = guestRanges(options.guestMemory);
-  const sync = new DirtySync(space, { workers: options.workers, pageSize: PAGE });
+  // Untracked devices are simulated, not refused: the run says why it cannot converge.
+  const sync = new DirtySync(space, { workers: options.workers, pageSize: PAGE, allowUntrackedDevices: true });
   const rounds: SimulatedRound[] = [];
   try {
     for (const range of ranges) await space.map({ iova: range.iova, size: range.length });
@@ -148,12 +149,21 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     let predictedDowntimeMs: number | null = null;
     let simulatedDowntimeMs: number | null = null;
     let converged = false;
+    // What each round handed over, in the migration bitmap's geometry, to check against the truth.
+    const bitmap = sync.bitmap;
+    const reported = bitmap.engine.arena.allocate(bitmap.bits / 8, 64);
     for (let index = 0; index < options.maxRounds; index++) {
-      const round = await sync.round();
+      reported.bytes().fill(0);
+      const round = await sync.round({
+        onRuns: (runs, count) => {
+          for (let i = 0; i < count; i++) bitmap.engine.sync.setRange(reported, runs[2 * i]!, runs[2 * i]! + runs[2 * i + 1]!);
+        },
+      });
       const truth = workload.takeGroundTruth();
       let lostPages = 0;
-      for (const placement of sync.bitmap.mappings) {
-        lostPages += workload.compare(sync.bitmap.view(sync.bitmap.buffer, placement), placement.iova, PAGE, { truth, extra: false }).lost;
+      for (const placement of bitmap.placements) {
+        const view = new Uint8Array(reported.arena.memory.buffer, reported.offset + placement.bit / 8, Math.ceil(placement.bits / 64) * 8);
+        lostPages += workload.compare(view, placement.iova, PAGE, { truth, extra: false }).lost;
       }
       lost += lostPages;
       const pendingBytes = round.dirtyPages * Number(PAGE);
@@ -169,7 +179,6 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
       rounds.push(row);
       options.onRound?.(row);
       totalSent += pendingBytes;
-      await sync.markAllSent();
       if (final) {
         converged = true;
         simulatedDowntimeMs = sendSeconds * 1000 + round.durationMs;
@@ -180,6 +189,7 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
       const step = workload.advance(sendSeconds);
       rate = sendSeconds > 0 ? (step.newlyDirty * Number(PAGE)) / sendSeconds : 0;
     }
+    reported.free();
     await sync.stop();
     const reason = converged
       ? null

@@ -1,13 +1,15 @@
-import { Engine, type ArenaBuffer, type BitmapLike } from '../engine/index.js';
+import { Engine, type ArenaBuffer, type ResampleSpec } from '../engine/index.js';
 import { InvalidArgumentError } from '../kernel/errors.js';
+import type { DmaLoggingRange, HostMemory } from '../kernel/types.js';
 import type { AddressSpace, IovaSpan, MappingObserver } from '../vfio/address-space.js';
 import type { Mapping, UnmapBitmap } from '../vfio/container.js';
 import type { Device } from '../vfio/device.js';
 import { IommufdContainer } from '../vfio/iommufd-container.js';
 import { LegacyContainer } from '../vfio/legacy-container.js';
-import { MigrationBitmap, type BitmapPlacement, type DirtyRange } from './migration-bitmap.js';
+import { MigrationBitmap, type BitmapPlacement, type DirtyRange, type MemoryRegion, type Reservation } from './migration-bitmap.js';
 import {
-  DeviceLoggingTracker, IommuTracker, Type1Tracker, type QueryFailure, type Tracker, type TrackerContext,
+  DeviceLoggingTracker, IommuTracker, Type1Tracker, loggingWindow,
+  type QueryFailure, type ScratchMerge, type Tracker, type TrackerContext,
 } from './trackers.js';
 
 export interface DirtySyncOptions {
@@ -18,59 +20,102 @@ export interface DirtySyncOptions {
   /** Migration page size (default 4 KiB). */
   readonly pageSize?: bigint;
   /**
-   * IOVA bytes the migration bitmap can hold (default: twice what is mapped at start, at
-   * least 1 GiB): room for mappings added during migration. Fixed at start, so rounds never
-   * allocate.
+   * Guest memory bytes the migration bitmap can hold (default: twice the memory mapped at start,
+   * at least 1 GiB): room for memory mapped during migration. Fixed at start, so rounds never
+   * grow it; a map of new memory beyond it is refused before the kernel sees it.
    */
   readonly capacityBytes?: bigint;
-  /** Mark every mapped page dirty at start, so the first round sends all of memory (default true). */
+  /** Mark all guest memory dirty at start, so the first round hands over all of it (default true). */
   readonly initiallyDirty?: boolean;
+  /**
+   * A device nothing can track blocks `start()` (QEMU's migration blocker) unless this is true:
+   * then all mapped memory is reported dirty every round (QEMU's `enable-migration=on`), and the
+   * migration cannot converge.
+   */
+  readonly allowUntrackedDevices?: boolean;
+  /**
+   * The IOVA ranges device DMA logging covers, started once (default: every IOVA range the
+   * device's container can map, so no later mapping falls outside). With narrower ranges, a map
+   * outside them is refused while a logging device is tracked.
+   */
+  readonly dmaLoggingRanges?: readonly DmaLoggingRange[];
 }
 
 export interface RoundPhases {
   /** Kernel queries: GET_DIRTY_BITMAP, DMA logging reports, type1 dirty pages. */
   readonly queryMs: number;
-  /** Merge (and resample) into the migration bitmap, counting newly dirty pages. */
+  /** ORing scratch bitmaps (type1, unaligned mappings, shared device pages) into the migration bitmap. */
   readonly mergeMs: number;
-  /** Scanning the migration bitmap into runs. */
+  /** Scanning the migration bitmap into runs, handing them over and clearing them. */
   readonly scanMs: number;
 }
 
 export interface DirtyRound {
   readonly index: number;
-  /** Pages that became dirty in this round (were clean in the migration bitmap before it). */
+  /** Pages that became dirty in this round's queries (were not already waiting in the bitmap). */
   readonly newlyDirtyPages: number;
-  /** Dirty pages in the migration bitmap after the round: what is left to send. */
+  /**
+   * Dirty pages this round handed over (what the consumer must send). They left the migration
+   * bitmap as they were handed over; before 0.2 this was what was left in the bitmap until
+   * markSent, the same number for a consumer that sent every run.
+   */
   readonly dirtyPages: number;
   readonly dirtyBytes: bigint;
-  /** Runs of dirty pages, found by the round's scan. */
+  /** Runs of dirty pages handed over. */
   readonly runCount: number;
   readonly phases: RoundPhases;
   readonly durationMs: number;
   /** Newly dirty bytes per second since the previous round (0 for the first). */
   readonly dirtyRateBytesPerSecond: number;
-  /** Ranges whose source failed: reported all dirty, never skipped. */
+  /** Ranges whose source failed since the last round: reported all dirty, never skipped. */
   readonly failures: readonly QueryFailure[];
-  /** Devices nothing can track: their ranges are all dirty every round, so migration cannot converge. */
+  /** Devices nothing can track (allowed with `allowUntrackedDevices`): all memory is dirty every round. */
   readonly untrackedDevices: readonly string[];
 }
 
 export interface RoundOptions {
   /**
    * Receives each chunk of runs as (start bit, length) pairs while it is valid (zero copy).
-   * Translate with `rangesOfRun`.
+   * Translate with `rangesOfRun`. Every run is handed over once: when the callback returns, its
+   * pages have left the migration bitmap (give pages back with `redirty`). If it throws, the
+   * round stops and rejects with that error; the runs of that chunk and of the chunks not yet
+   * handed over stay in the bitmap for the next round.
    */
   readonly onRuns?: (runs: Uint32Array, count: number) => void;
 }
 
+/** A device nothing can track blocks migration (QEMU's migration blocker). */
+export class MigrationBlockedError extends Error {
+  constructor(readonly devices: readonly { name: string; reason: string }[]) {
+    super(
+      `migration is blocked: ${devices.map((d) => `${d.name} (${d.reason})`).join('; ')}; ` +
+        'pass allowUntrackedDevices: true to send all of their memory every round instead',
+    );
+    this.name = 'MigrationBlockedError';
+  }
+}
+
+function untrackedReason(device: Device): string {
+  if (device.attachedToIoas) return 'attached to the kernel\'s own IOMMU domain, which has no dirty tracking, and no DMA logging';
+  if (device.backend === 'legacy') return 'its type1 container has no dirty page tracking and it has no DMA logging';
+  return 'its IOMMU has no dirty tracking and it has no DMA logging';
+}
+
+class ConsumerError {
+  constructor(readonly error: unknown) {}
+}
+
 /**
- * The precopy loop's dirty-page sync for every device of an address space. Each round asks
- * every tracker for the dirty pages of every mapped range, merges them into one migration
- * bitmap in the engine's workers, and returns what is dirty. The consumer sends pages and
- * clears what it sent.
+ * The precopy loop's dirty-page sync for every device of an address space. The migration
+ * bitmap belongs to guest memory (one bitmap per memory region, QEMU's RAMBlock bitmaps); a
+ * round asks every tracker for the dirty pages of every mapping, ORs them into the memory they
+ * cover, and hands the dirty runs over: they leave the bitmap as they are handed over (QEMU's
+ * test-and-clear before sending). Bits that arrive between rounds (a NO_CLEAR read before an
+ * unmap, a device log drained at detach, memory newly mapped) wait for the next round.
  *
  * No dirty page is lost: a bit read (and cleared) from the kernel reaches the migration bitmap
- * or its whole range is marked dirty, whatever fails afterwards.
+ * or its whole range is marked dirty, whatever fails afterwards; trackers start and retire with
+ * the devices that attach and detach during migration.
  */
 export class DirtySync {
   private engine: Engine | undefined;
@@ -79,8 +124,8 @@ export class DirtySync {
   private trackers: Tracker[] = [];
   private untracked: Device[] = [];
   private failures: QueryFailure[] = [];
-  /** Releases the round queue held from beforeUnmap to afterUnmap (or unmapAborted). */
-  private unmapGate: (() => void) | undefined;
+  /** Opens the queue held by a gated hook (from a before-hook to its after- or aborted-hook). */
+  private gateOpen: (() => void) | undefined;
   private detachObserver: (() => void) | undefined;
   private roundIndex = 0;
   private lastRoundEnd = 0;
@@ -90,8 +135,8 @@ export class DirtySync {
 
   constructor(readonly space: AddressSpace, private readonly options: DirtySyncOptions = {}) {
     const pageSize = options.pageSize ?? 4096n;
-    if (pageSize < 4096n || (pageSize & (pageSize - 1n)) !== 0n) {
-      throw new InvalidArgumentError('pageSize', `must be a power of two of at least 4096, got ${pageSize}`);
+    if (typeof pageSize !== 'bigint' || pageSize < 4096n || (pageSize & (pageSize - 1n)) !== 0n) {
+      throw new InvalidArgumentError('pageSize', `must be a bigint power of two of at least 4096, got ${String(pageSize)}`);
     }
   }
 
@@ -104,7 +149,7 @@ export class DirtySync {
     return this.bitmapStore;
   }
 
-  /** The trackers chosen at start, per device: what tracks whom. */
+  /** The trackers now, per device: what tracks whom. */
   get sources(): { kind: string; name: string; devices: string[] }[] {
     return [
       ...this.trackers.map((t) => ({ kind: t.kind, name: t.name, devices: t.devices.map((d) => d.name) })),
@@ -112,47 +157,50 @@ export class DirtySync {
     ];
   }
 
-  /** Builds the migration bitmap and starts every tracker; a failure stops the ones started. */
+  /** The guest memory regions the migration bitmap holds. */
+  get regions(): readonly MemoryRegion[] {
+    return this.bitmap.regions;
+  }
+
+  /**
+   * Builds the migration bitmap and starts a tracker for every device; a failure stops the ones
+   * started. A device nothing can track blocks the start (MigrationBlockedError) before any
+   * ioctl, unless `allowUntrackedDevices`.
+   */
   start(): Promise<void> {
     return this.serialize(async () => {
       if (this.running) throw new InvalidArgumentError('DirtySync', 'is already started');
       if (this.space.devices.length === 0) throw new InvalidArgumentError('DirtySync', 'the address space has no devices to track');
       if (this.space.mappings.length === 0) throw new InvalidArgumentError('DirtySync', 'the address space has nothing mapped');
+      this.checkBlockers(this.space.devices);
       const pageSize = this.options.pageSize ?? 4096n;
-      const mapped = this.space.mappings.reduce((sum, m) => sum + m.size, 0n);
-      const capacity = this.options.capacityBytes ?? (mapped * 2n > 1n << 30n ? mapped * 2n : 1n << 30n);
-      if (capacity < mapped) throw new InvalidArgumentError('capacityBytes', `0x${capacity.toString(16)} is less than the 0x${mapped.toString(16)} bytes mapped`);
+      const memories = new Set<HostMemory>(this.space.mappings.map((m) => m.memory));
+      const memoryBytes = [...memories].reduce((sum, m) => sum + m.length, 0n);
+      const capacity = this.options.capacityBytes ?? (memoryBytes * 2n > 1n << 30n ? memoryBytes * 2n : 1n << 30n);
+      if (capacity < memoryBytes) throw new InvalidArgumentError('capacityBytes', `0x${capacity.toString(16)} is less than the 0x${memoryBytes.toString(16)} bytes of memory mapped`);
       this.engine = this.options.engine ?? (await Engine.create({ workers: this.options.workers }));
       this.ownsEngine = !this.options.engine;
-      const bitmap = new MigrationBitmap(this.engine, pageSize, capacity);
-      this.bitmapStore = bitmap;
       try {
-        for (const mapping of this.space.mappings) bitmap.place(mapping.iova, mapping.size);
-        this.trackers = this.chooseTrackers();
-        this.untracked = this.space.devices.filter((d) => d.dirtyTracker === 'none');
-        const context = this.context();
-        const started: Tracker[] = [];
-        try {
-          for (const tracker of this.trackers) {
-            tracker.start(context);
-            started.push(tracker);
+        this.bitmapStore = new MigrationBitmap(this.engine, pageSize, capacity);
+        // In the address space's queue: no map, unmap, attach or detach is half done while the
+        // mappings and devices are read and the observer joins.
+        await this.space.exclusive(() => {
+          this.checkBlockers(this.space.devices);
+          const bitmap = this.bitmap;
+          for (const mapping of this.space.mappings) bitmap.commit(bitmap.reserve(mapping));
+          try {
+            for (const device of this.space.devices) this.adopt(device, false);
+          } catch (error) {
+            this.stopTrackers();
+            throw error;
           }
-        } catch (error) {
-          for (const tracker of started.reverse()) {
-            try {
-              tracker.stop();
-            } catch {
-              // rolling back: the first error is the one to report
-            }
-          }
-          throw error;
-        }
-        if (this.options.initiallyDirty ?? true) for (const p of bitmap.mappings) this.engine.sync.setRange(bitmap.buffer, p.bit, p.bit + p.bits);
+          if (this.options.initiallyDirty ?? true) for (const region of bitmap.regions) bitmap.markRegion(region);
+          this.detachObserver = this.space.addObserver(this.observer());
+        });
       } catch (error) {
-        await this.teardown();
+        await this.teardown().catch(() => undefined);
         throw error;
       }
-      this.detachObserver = this.space.addObserver(this.observer());
       this.running = true;
       this.stopping = false;
       this.roundIndex = 0;
@@ -160,8 +208,12 @@ export class DirtySync {
     });
   }
 
-  /** One sync round. */
+  /** One sync round: query every source, merge, and hand the dirty runs over. */
   round(options: RoundOptions = {}): Promise<DirtyRound> {
+    if (options === null || typeof options !== 'object') return Promise.reject(new InvalidArgumentError('round options', 'must be an object'));
+    if (options.onRuns !== undefined && typeof options.onRuns !== 'function') {
+      return Promise.reject(new InvalidArgumentError('onRuns', `must be a function (runs, count) => void, got ${typeof options.onRuns}`));
+    }
     return this.serialize(() => this.roundNow(options));
   }
 
@@ -170,20 +222,39 @@ export class DirtySync {
     while (this.running && !this.stopping) yield await this.round(options);
   }
 
-  /** Clears pages the consumer has sent: bits [bit, bit + length) of the migration bitmap. */
-  markSent(bit: number, length: number): void {
-    this.engine!.sync.clear(this.bitmap.buffer, bit, bit + length);
-    this.freeRetired();
+  /**
+   * Gives pages back: the consumer could not send them. They are handed over again by the next
+   * round. Takes a range from `rangesOfRun` (or any memory, offset and length).
+   */
+  redirty(range: { readonly memory: HostMemory; readonly offset: bigint; readonly length: bigint }): Promise<void> {
+    return this.serialize(async () => {
+      const bitmap = this.bitmap;
+      const region = range && bitmap.regionOf(range.memory);
+      if (!region) throw new InvalidArgumentError('redirty', 'the memory is not in the migration bitmap');
+      if (typeof range.offset !== 'bigint' || typeof range.length !== 'bigint' || range.offset < 0n || range.length <= 0n || range.offset + range.length > range.memory.length) {
+        throw new InvalidArgumentError('redirty', `offset and length must be bigints inside the memory's 0x${range.memory.length.toString(16)} bytes`);
+      }
+      const first = Number(range.offset / bitmap.pageSize);
+      const end = Number((range.offset + range.length + bitmap.pageSize - 1n) / bitmap.pageSize);
+      this.engine!.sync.setRange(bitmap.buffer, region.bit + first, region.bit + end);
+    });
   }
 
-  /** Clears the whole migration bitmap: everything dirty was sent. */
-  async markAllSent(): Promise<void> {
-    const engine = this.engine!;
-    await clearBuffer(engine, this.bitmap.buffer, this.bitmap.usedBits);
-    this.freeRetired();
+  /**
+   * @deprecated Rounds hand their pages over as they report them; nothing is left to clear.
+   * Kept callable: it clears nothing (it used to clear bits no round had reported).
+   */
+  markSent(_bit: number, _length: number): void {}
+
+  /**
+   * @deprecated Rounds hand their pages over as they report them. Waits for earlier rounds and
+   * clears nothing (it used to wipe bits that arrived after the round).
+   */
+  markAllSent(): Promise<void> {
+    return this.serialize(async () => undefined);
   }
 
-  /** The IOVA ranges of a run of the migration bitmap. */
+  /** The memory ranges (and IOVAs) of a run of the migration bitmap. */
   rangesOfRun(bit: number, length: number): DirtyRange[] {
     return this.bitmap.rangesOfRun(bit, length);
   }
@@ -204,36 +275,183 @@ export class DirtySync {
     return run;
   }
 
-  private chooseTrackers(): Tracker[] {
-    const trackers: Tracker[] = [];
-    for (const container of this.space.containers) {
-      const devices = [...container.devices];
-      if (container instanceof IommufdContainer) {
-        for (const hwpt of container.autoDomains.hwpts) {
-          const tracked = devices.filter((d) => d.hwpt === hwpt && d.dirtyTracker === 'iommu');
-          if (tracked.length) trackers.push(new IommuTracker(container, hwpt, tracked));
+  /**
+   * Runs `body` in the queue and keeps the queue held until `release()`: no round runs between
+   * a before-hook and its after-hook. If `body` throws, nothing is held.
+   */
+  private hold(body: () => void): Promise<void> {
+    return new Promise<void>((entered, refused) => {
+      void this.serialize(async () => {
+        try {
+          body();
+        } catch (error) {
+          refused(error);
+          return;
         }
-      }
-      if (container instanceof LegacyContainer) {
-        const tracked = devices.filter((d) => d.dirtyTracker === 'type1');
-        if (tracked.length) trackers.push(new Type1Tracker(container, tracked));
-      }
-      for (const device of devices) if (device.dirtyTracker === 'dma-logging') trackers.push(new DeviceLoggingTracker(device));
-    }
-    return trackers;
+        const gate = new Promise<void>((open) => (this.gateOpen = open));
+        entered();
+        await gate;
+      });
+    });
+  }
+
+  private release(): void {
+    const open = this.gateOpen;
+    this.gateOpen = undefined;
+    open?.();
+  }
+
+  private checkBlockers(devices: readonly Device[]): void {
+    if (this.options.allowUntrackedDevices) return;
+    const blocked = devices.filter((d) => d.dirtyTracker === 'none');
+    if (blocked.length) throw new MigrationBlockedError(blocked.map((d) => ({ name: d.name, reason: untrackedReason(d) })));
   }
 
   private context(): TrackerContext {
     const bitmap = this.bitmap;
-    const engine = this.engine!;
     return {
       bitmap,
-      engine,
-      failed: (tracker, placement, error) => {
-        this.failures.push({ tracker: tracker.name, iova: placement.iova, length: placement.size, error });
-        engine.sync.setRange(bitmap.buffer, placement.bit, placement.bit + placement.bits);
+      engine: this.engine!,
+      failed: (tracker, placements, error) => {
+        for (const p of placements) {
+          this.failures.push({ tracker: tracker.name, iova: p.iova, length: p.size, error });
+          bitmap.markPlacement(p);
+        }
       },
     };
+  }
+
+  private windowFor(device: Device): DmaLoggingRange[] {
+    if (this.options.dmaLoggingRanges) return [...this.options.dmaLoggingRanges];
+    return loggingWindow(device.container.iovaRanges, this.bitmap.pageSize);
+  }
+
+  /**
+   * Starts tracking a device: joins the tracker of its HWPT or container, or starts one. A new
+   * tracker during migration marks all mapped memory dirty once (the device could write before
+   * its tracker started).
+   */
+  private adopt(device: Device, markNew: boolean): void {
+    const context = this.context();
+    const markAll = () => {
+      if (markNew) for (const p of this.bitmap.placements) this.bitmap.markPlacement(p);
+    };
+    switch (device.dirtyTracker) {
+      case 'none':
+        this.checkBlockers([device]);
+        this.untracked.push(device);
+        return;
+      case 'iommu': {
+        const container = device.container as IommufdContainer;
+        const existing = this.trackers.find((t): t is IommuTracker => t instanceof IommuTracker && t.hwpt === device.hwpt);
+        if (existing) {
+          existing.devices.push(device);
+          return;
+        }
+        const tracker = new IommuTracker(container, device.hwpt!, [device]);
+        tracker.start();
+        this.trackers.push(tracker);
+        markAll();
+        return;
+      }
+      case 'dma-logging': {
+        const tracker = new DeviceLoggingTracker(device, this.windowFor(device));
+        tracker.start(context);
+        this.trackers.push(tracker);
+        markAll();
+        return;
+      }
+      case 'type1': {
+        const container = device.container as LegacyContainer;
+        const existing = this.trackers.find((t): t is Type1Tracker => t instanceof Type1Tracker && t.container === container);
+        if (existing) {
+          existing.devices.push(device);
+          return;
+        }
+        const tracker = new Type1Tracker(container, [device]);
+        tracker.start();
+        this.trackers.push(tracker);
+        markAll();
+        return;
+      }
+    }
+  }
+
+  /**
+   * Stops tracking a device. A tracker left with no device takes its last bits first (the device
+   * is off its page table: nothing more can arrive) and retires.
+   */
+  private retire(device: Device, drain: boolean): void {
+    this.untracked = this.untracked.filter((d) => d !== device);
+    const context = this.context();
+    for (const tracker of [...this.trackers]) {
+      const at = tracker.devices.indexOf(device);
+      if (at === -1) continue;
+      tracker.devices.splice(at, 1);
+      if (tracker.devices.length > 0) continue;
+      if (drain) {
+        const merges: ScratchMerge[] = [];
+        tracker.query(context, this.bitmap.placements, merges);
+        this.applyMergesNow(merges);
+      }
+      try {
+        tracker.stop();
+      } catch (error) {
+        // Its bits were taken: a stop that fails loses nothing, but say so.
+        this.failures.push({ tracker: tracker.name, iova: 0n, length: 0n, error: error as Error });
+      }
+      tracker.retired = true;
+      this.trackers.splice(this.trackers.indexOf(tracker), 1);
+    }
+  }
+
+  private spec(merge: ScratchMerge, target: BitmapPlacement): ResampleSpec {
+    const bitmap = this.bitmap;
+    return {
+      destination: bitmap.buffer, destinationPageSize: bitmap.pageSize, destinationBit: target.bit, destinationBits: target.bits,
+      source: merge.buffer, sourcePageSize: merge.pageSize, sourceBit: 0, sourceBits: merge.bits,
+      sourceIovaOffset: merge.iova - target.iova,
+    };
+  }
+
+  /** ORs scratch bitmaps in, in the workers; a target whose merge fails is marked all dirty. */
+  private async applyMerges(merges: ScratchMerge[]): Promise<void> {
+    const context = this.context();
+    try {
+      for (const merge of merges) {
+        for (const target of merge.targets) {
+          const spec = this.spec(merge, target);
+          try {
+            await this.engine!.resample(spec);
+          } catch {
+            // The workers failed: the bits are still in shared memory, do it on this thread.
+            try {
+              this.engine!.sync.resample(spec);
+            } catch (error) {
+              context.failed(merge.tracker, [target], error as Error);
+            }
+          }
+        }
+        merge.buffer.free();
+      }
+    } finally {
+      for (const merge of merges) merge.buffer.free();
+    }
+  }
+
+  /** The same on this thread, for hooks that run while the queue is held. */
+  private applyMergesNow(merges: ScratchMerge[]): void {
+    const context = this.context();
+    for (const merge of merges) {
+      for (const target of merge.targets) {
+        try {
+          this.engine!.sync.resample(this.spec(merge, target));
+        } catch (error) {
+          context.failed(merge.tracker, [target], error as Error);
+        }
+      }
+      merge.buffer.free();
+    }
   }
 
   private async roundNow(options: RoundOptions): Promise<DirtyRound> {
@@ -241,66 +459,81 @@ export class DirtySync {
     const engine = this.engine!;
     const bitmap = this.bitmap;
     const context = this.context();
-    const placements = bitmap.mappings;
+    const placements = bitmap.placements;
     const begin = performance.now();
-    this.failures = [];
 
     // Query: each kernel writes straight into shared memory. Sources that only set bits (HWPT,
-    // DMA logging) at the migration page size write into the migration bitmap itself; newly
-    // dirty pages are then the count after the round less the count before it. type1 overwrites
-    // its words, so it writes into a buffer of its own, merged below.
+    // DMA logging) write into their memory's bits where a mapping sits on a word; the rest into
+    // scratch buffers, ORed in below. Newly dirty = the count after the round less before it.
     const bits = bitmap.usedBits;
     const before = await countBits(engine, bitmap.buffer, bits);
-    for (const tracker of this.trackers) if (tracker.source) await clearBuffer(engine, tracker.source, bits);
-    for (const tracker of this.trackers) tracker.query(context, placements);
+    const merges: ScratchMerge[] = [];
+    for (const tracker of this.trackers) tracker.query(context, placements, merges);
+    if (this.untracked.length) for (const p of placements) bitmap.markPlacement(p);
     const queried = performance.now();
 
-    // Merge: resample what has another page size, mark untracked devices' ranges, then OR the
-    // remaining sources in and scan, fused, in the workers.
-    for (const tracker of this.trackers) {
-      if (!tracker.scratch) continue;
-      for (const p of placements) await tracker.scratch.resampleInto(engine, bitmap, p);
+    try {
+      await this.applyMerges(merges);
+    } catch (error) {
+      // Whatever broke after the queries: what they read is not known to be merged.
+      for (const merge of merges) context.failed(merge.tracker, merge.targets, error as Error);
     }
-    if (this.untracked.length) for (const p of placements) engine.sync.setRange(bitmap.buffer, p.bit, p.bit + p.bits);
-    const sources: BitmapLike[] = this.trackers.flatMap((t) => (t.source ? [t.source] : []));
+    const mergedAt = performance.now();
+
+    // Scan and hand over. Each chunk's span [first run start, last run end) holds only its runs
+    // (and zeros): cleared once the consumer has taken the chunk.
+    const handed: [number, number][] = [];
     let dirtyPages = 0;
     let runCount = 0;
     const take = (runs: Uint32Array, count: number) => {
+      if (count === 0) return;
+      try {
+        options.onRuns?.(runs, count);
+      } catch (error) {
+        throw new ConsumerError(error);
+      }
       for (let i = 0; i < count; i++) dirtyPages += runs[2 * i + 1]!;
       runCount += count;
-      options.onRuns?.(runs, count);
+      handed.push([runs[0]!, runs[2 * (count - 1)]! + runs[2 * (count - 1) + 1]!]);
     };
-    let mergedAt: number;
+    const clearHanded = () => {
+      for (const [start, end] of handed) engine.sync.clear(bitmap.buffer, start, end);
+      handed.length = 0;
+    };
     try {
-      const fused = sources.length
-        ? await engine.mergeCountScan(bitmap.buffer, sources, bits)
-        : { newlySet: 0, runs: engine.scanRuns(bitmap.buffer, bits) };
-      mergedAt = performance.now();
-      for await (const chunk of fused.runs) take(chunk.runs, chunk.count);
-    } catch {
-      // A worker failure the pool could not redo: the sources are still in shared memory, so
-      // merge and scan on this thread. Bits merged before the failure are set already.
-      dirtyPages = 0;
-      runCount = 0;
-      if (sources.length) engine.sync.mergeAndCount(bitmap.buffer, sources, bits);
-      mergedAt = performance.now();
-      const output = engine.arena.allocate(1 << 20, 64);
       try {
-        for (let cursor = 0; cursor < bits; ) {
-          const step = engine.sync.scanRuns(bitmap.buffer, bits, cursor, output);
-          cursor = step.cursor;
-          take(step.runs, step.count);
+        for await (const chunk of engine.scanRuns(bitmap.buffer, bits)) take(chunk.runs, chunk.count);
+      } catch (error) {
+        if (error instanceof ConsumerError) throw error;
+        // A worker failure the pool could not redo: clear what was handed over, scan the rest on
+        // this thread (so no run is handed over twice).
+        clearHanded();
+        const output = engine.arena.allocate(1 << 20, 64);
+        try {
+          for (let cursor = 0; cursor < bits; ) {
+            const step = engine.sync.scanRuns(bitmap.buffer, bits, cursor, output);
+            cursor = step.cursor;
+            take(step.runs, step.count);
+          }
+        } finally {
+          output.free();
         }
-      } finally {
-        output.free();
       }
+    } catch (error) {
+      clearHanded();
+      if (error instanceof ConsumerError) throw error.error;
+      throw error;
     }
-    // Bits are only ever set during a round (the consumer clears between rounds).
-    const newly = dirtyPages - before;
+    clearHanded();
+    bitmap.releaseIdle();
+
+    const newly = Math.max(0, dirtyPages - before);
     const end = performance.now();
     const sinceLast = (end - this.lastRoundEnd) / 1000;
     this.lastRoundEnd = end;
     const pageSize = bitmap.pageSize;
+    const failures = this.failures;
+    this.failures = [];
     return {
       index: this.roundIndex++,
       newlyDirtyPages: newly,
@@ -310,145 +543,145 @@ export class DirtySync {
       phases: { queryMs: queried - begin, mergeMs: mergedAt - queried, scanMs: end - mergedAt },
       durationMs: end - begin,
       dirtyRateBytesPerSecond: this.roundIndex > 1 && sinceLast > 0 ? (newly * Number(pageSize)) / sinceLast : 0,
-      failures: this.failures,
+      failures,
       untrackedDevices: this.untracked.map((d) => d.name),
     };
   }
 
   /**
-   * Keeps dirty state across mapping changes during migration. An unmap holds the round queue
-   * from beforeUnmap until afterUnmap (or unmapAborted), so no round queries a range that is
-   * half gone.
+   * Keeps dirty state across mapping and device changes during migration. Before-hooks hold the
+   * queue until their after-hook, so no round sees a change half done; after-hooks run while
+   * the queue is held and so never queue themselves.
    */
   private observer(): MappingObserver {
-    const type1Scratch = new Map<LegacyContainer, { buffer: ArenaBuffer; span: IovaSpan }>();
-    const release = () => {
+    const reservations = new Map<Mapping, Reservation>();
+    const type1Scratch = new Map<LegacyContainer, { buffer: ArenaBuffer; span: IovaSpan; pageSize: bigint }>();
+    const freeScratch = () => {
       for (const { buffer } of type1Scratch.values()) buffer.free();
       type1Scratch.clear();
-      const gate = this.unmapGate;
-      this.unmapGate = undefined;
-      gate?.();
+    };
+    const mergeType1 = (mappings: readonly Mapping[], bitmaps: ReadonlyMap<LegacyContainer, UnmapBitmap>) => {
+      const merges: ScratchMerge[] = [];
+      for (const [container] of bitmaps) {
+        const scratch = type1Scratch.get(container);
+        const tracker = this.trackers.find((t) => t instanceof Type1Tracker && t.container === container);
+        if (!scratch || !tracker) continue;
+        type1Scratch.delete(container);
+        const targets = mappings.map((m) => this.bitmap.placementOf(m)).filter((p): p is BitmapPlacement => p !== undefined);
+        merges.push({ tracker, buffer: scratch.buffer, pageSize: scratch.pageSize, iova: scratch.span.iova, bits: Number((scratch.span.size + scratch.pageSize - 1n) / scratch.pageSize), targets });
+      }
+      this.applyMergesNow(merges);
     };
     return {
-      afterMap: (mapping: Mapping) =>
-        this.serialize(async () => {
+      beforeMap: (mapping) =>
+        this.hold(() => {
           if (!this.running) return;
-          // Restarting DMA logging for the new range drops what the devices logged so far: read it first.
-          await this.relayout(this.bitmap.mappings);
-          const placement = this.bitmap.place(mapping.iova, mapping.size);
-          // New memory has never been sent: all of it is dirty.
-          this.engine!.sync.setRange(this.bitmap.buffer, placement.bit, placement.bit + placement.bits);
-          this.restartLogging();
-        }),
-      beforeUnmap: (_span: IovaSpan, mappings: readonly Mapping[]) =>
-        new Promise<void>((entered, refused) => {
-          void this.serialize(async () => {
-            try {
-              if (this.running) {
-                const context = this.context();
-                for (const mapping of mappings) {
-                  const placement = this.bitmap.placementOf(mapping.iova);
-                  if (!placement) continue;
-                  for (const tracker of this.trackers) if (tracker instanceof IommuTracker) tracker.readBeforeUnmap(context, placement);
-                }
-              }
-            } catch (error) {
-              refused(error);
-              return;
+          for (const tracker of this.trackers) {
+            if (tracker instanceof DeviceLoggingTracker && !tracker.covers(mapping.iova, mapping.size)) {
+              throw new InvalidArgumentError('map', `0x${mapping.iova.toString(16)}+0x${mapping.size.toString(16)} is outside the IOVA ranges ${tracker.device.name} logs DMA for; logging is never restarted during migration (widen dmaLoggingRanges)`);
             }
-            const gate = new Promise<void>((open) => (this.unmapGate = open));
-            entered();
-            await gate;
-          });
+          }
+          reservations.set(mapping, this.bitmap.reserve(mapping));
         }),
-      type1UnmapBitmap: (container: LegacyContainer, span: IovaSpan): UnmapBitmap | undefined => {
+      mapAborted: (mapping) => {
+        const reservation = reservations.get(mapping);
+        reservations.delete(mapping);
+        if (reservation && this.running) this.bitmap.cancel(reservation);
+        this.release();
+      },
+      afterMap: (mapping) => {
+        try {
+          const reservation = reservations.get(mapping);
+          reservations.delete(mapping);
+          if (reservation && this.running) {
+            this.bitmap.commit(reservation);
+            // Memory never seen before has never been sent: all of it is dirty.
+            if (reservation.newRegion) this.bitmap.markRegion(reservation.region);
+          }
+        } finally {
+          this.release();
+        }
+      },
+      beforeUnmap: (_span, mappings) =>
+        this.hold(() => {
+          if (!this.running) return;
+          const placements = mappings.map((m) => this.bitmap.placementOf(m)).filter((p): p is BitmapPlacement => p !== undefined);
+          const merges: ScratchMerge[] = [];
+          for (const tracker of this.trackers) if (tracker instanceof IommuTracker) tracker.readBeforeUnmap(this.context(), placements, merges);
+          this.applyMergesNow(merges);
+        }),
+      type1UnmapBitmap: (container, span) => {
         if (!this.running || !this.trackers.some((t) => t instanceof Type1Tracker && t.container === container)) return undefined;
         const pageSize = container.minimumPageSize;
         const pages = Number((span.size + pageSize - 1n) / pageSize);
-        const buffer = this.engine!.arena.allocate(Math.ceil(pages / 64) * 8, 64);
-        type1Scratch.set(container, { buffer, span });
+        const buffer = this.engine!.arena.allocate(Math.max(8, Math.ceil(pages / 64) * 8), 64);
+        buffer.bytes().fill(0);
+        type1Scratch.set(container, { buffer, span, pageSize });
         return { pageSize, bitmap: buffer.bytes() };
       },
-      unmapAborted: () => release(),
-      afterUnmap: async (_span: IovaSpan, mappings: readonly Mapping[], type1Bitmaps: ReadonlyMap<LegacyContainer, UnmapBitmap>) => {
+      unmapAborted: (_span, mappings, bitmaps) => {
         try {
-          if (this.running) await this.collectUnmapped(mappings, type1Bitmaps, type1Scratch);
+          // Containers that did unmap read and cleared their dirty bits: keep them.
+          if (this.running) mergeType1(mappings, bitmaps);
         } finally {
-          release();
+          freeScratch();
+          this.release();
         }
       },
+      afterUnmap: (_span, mappings, bitmaps) => {
+        try {
+          if (!this.running) return;
+          mergeType1(mappings, bitmaps);
+          // Device logs are read now (the device could DMA until the unmap), over every mapping
+          // sharing a device page with what went: reading a device page clears it for all of them.
+          const gone = new Set(mappings);
+          const context = this.context();
+          const merges: ScratchMerge[] = [];
+          for (const tracker of this.trackers) {
+            if (!(tracker instanceof DeviceLoggingTracker)) continue;
+            const groups = tracker.groups(this.bitmap.placements).filter((g) => g.some((p) => gone.has(p.mapping)));
+            if (groups.length) tracker.query(context, groups.flat(), merges);
+          }
+          this.applyMergesNow(merges);
+          for (const mapping of mappings) this.bitmap.remove(mapping);
+          this.bitmap.releaseIdle();
+        } finally {
+          freeScratch();
+          this.release();
+        }
+      },
+      afterAttach: (device) =>
+        this.serialize(async () => {
+          if (this.running) this.adopt(device, true);
+        }),
+      attachAborted: (device) =>
+        this.serialize(async () => {
+          if (this.running) this.retire(device, true);
+        }),
+      beforeDetach: () => this.hold(() => undefined),
+      deviceLeaving: (device) => {
+        if (this.running) this.retire(device, true);
+      },
+      detachAborted: (device) => {
+        try {
+          // The device is back where it was: track it again (its memory is marked dirty once).
+          if (this.running && !this.sources.some((s) => s.devices.includes(device.name))) {
+            try {
+              this.adopt(device, true);
+            } catch (error) {
+              this.untracked.push(device);
+              this.failures.push({ tracker: `device ${device.name}`, iova: 0n, length: 0n, error: error as Error });
+            }
+          }
+        } finally {
+          this.release();
+        }
+      },
+      afterDetach: () => this.release(),
     };
   }
 
-  /** After an unmap: device logs are read now (the device could DMA until the unmap), type1's came with the unmap. */
-  private async collectUnmapped(
-    mappings: readonly Mapping[],
-    type1Bitmaps: ReadonlyMap<LegacyContainer, UnmapBitmap>,
-    type1Scratch: ReadonlyMap<LegacyContainer, { buffer: ArenaBuffer; span: IovaSpan }>,
-  ): Promise<void> {
-    const context = this.context();
-    const engine = this.engine!;
-    for (const mapping of mappings) {
-      const placement = this.bitmap.placementOf(mapping.iova);
-      if (!placement) continue;
-      for (const tracker of this.trackers) if (tracker instanceof DeviceLoggingTracker) await this.readLog(tracker, placement);
-      for (const [container, scratch] of type1Scratch) {
-        if (!type1Bitmaps.has(container)) continue;
-        const pageSize = container.minimumPageSize;
-        engine.sync.resample({
-          destination: this.bitmap.buffer, destinationPageSize: this.bitmap.pageSize, destinationBit: placement.bit, destinationBits: placement.bits,
-          source: scratch.buffer, sourcePageSize: pageSize, sourceBit: Number((placement.iova - scratch.span.iova) / pageSize),
-          sourceBits: Number(placement.size / pageSize),
-        });
-      }
-      // The mapping is gone but its dirty pages are not sent yet: keep its bits.
-      this.bitmap.retire(placement);
-    }
-    // Logging restarts on the remaining ranges: read what they logged first.
-    await this.relayout(this.bitmap.mappings);
-    this.restartLogging();
-  }
-
-  /** Reads one placement of a device's log into the migration bitmap (now, outside a round). */
-  private async readLog(tracker: DeviceLoggingTracker, placement: BitmapPlacement): Promise<void> {
-    const context = this.context();
-    if (!tracker.readAfterUnmap(context, placement)) {
-      if (tracker.broken) context.failed(tracker, placement, tracker.broken);
-    } else if (tracker.scratch) {
-      await tracker.scratch.resampleInto(this.engine!, this.bitmap, placement);
-    }
-  }
-
-  /**
-   * Before the mappings change under DMA logging: drain every device log into the migration
-   * bitmap, since restarting a log drops what it held.
-   */
-  private async relayout(drain: readonly BitmapPlacement[]): Promise<void> {
-    for (const tracker of this.trackers) {
-      if (tracker instanceof DeviceLoggingTracker) for (const placement of drain) await this.readLog(tracker, placement);
-    }
-  }
-
-  /** Trackers' buffers follow the mappings; DMA logging restarts to log the new ranges. */
-  private restartLogging(): void {
-    const context = this.context();
-    const live = this.bitmap.mappings;
-    for (const tracker of this.trackers) {
-      if (tracker instanceof DeviceLoggingTracker) tracker.restart(context);
-      else if (tracker instanceof IommuTracker) tracker.layout(context, live, this.bitmap.pageSize);
-      else if (tracker instanceof Type1Tracker) tracker.layout(context, live, tracker.pageSize);
-    }
-  }
-
-  /** Retired placements whose pages were all sent give their bits back. */
-  private freeRetired(): void {
-    const engine = this.engine!;
-    for (const p of [...this.bitmap.retired]) {
-      if (engine.sync.popcount(this.bitmap.buffer, p.bit, p.bit + p.bits) === 0) this.bitmap.release(p);
-    }
-  }
-
-  private async teardown(): Promise<void> {
+  private stopTrackers(): unknown[] {
     const errors: unknown[] = [];
     for (const tracker of [...this.trackers].reverse()) {
       try {
@@ -456,9 +689,15 @@ export class DirtySync {
       } catch (error) {
         errors.push(error);
       }
+      tracker.retired = true;
     }
     this.trackers = [];
     this.untracked = [];
+    return errors;
+  }
+
+  private async teardown(): Promise<void> {
+    const errors = this.stopTrackers();
     this.detachObserver?.();
     this.detachObserver = undefined;
     this.bitmapStore?.close();
@@ -474,13 +713,5 @@ async function countBits(engine: Engine, buffer: ArenaBuffer, bits: number): Pro
     return await engine.popcount(buffer, 0, bits);
   } catch {
     return engine.sync.popcount(buffer, 0, bits);
-  }
-}
-
-async function clearBuffer(engine: Engine, buffer: ArenaBuffer, bits: number): Promise<void> {
-  try {
-    await engine.clear(buffer, 0, bits);
-  } catch {
-    engine.sync.clear(buffer, 0, bits);
   }
 }

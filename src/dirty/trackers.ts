@@ -1,9 +1,11 @@
 // One tracker per dirty source, chosen per device: an IOMMU HWPT with dirty tracking, a
-// device's own DMA logging, a legacy container's type1 dirty pages. Each writes the kernel's
-// bitmap straight into engine memory; DirtySync merges them into the migration bitmap.
+// device's own DMA logging, a legacy container's type1 dirty pages. The kernel writes straight
+// into the migration bitmap where the geometry allows (a source that only sets bits, at the
+// migration page size, onto a u64 word of its memory's bits); otherwise into a scratch buffer
+// that DirtySync ORs into every mapping it covers.
 import type { ArenaBuffer, Engine } from '../engine/index.js';
 import { isKernelError } from '../kernel/errors.js';
-import type { DmaLoggingRange } from '../kernel/types.js';
+import type { DmaLoggingRange, IovaRange } from '../kernel/types.js';
 import type { Device, Hwpt } from '../vfio/device.js';
 import type { IommufdContainer } from '../vfio/iommufd-container.js';
 import type { LegacyContainer } from '../vfio/legacy-container.js';
@@ -19,155 +21,119 @@ export interface QueryFailure {
   readonly error: Error;
 }
 
+/**
+ * Bits the kernel wrote into a scratch buffer, to be ORed into the migration bitmap for each
+ * target mapping (the buffer's IOVA frame, at its page size, resampled onto each target's bits).
+ */
+export interface ScratchMerge {
+  readonly tracker: Tracker;
+  readonly buffer: ArenaBuffer;
+  readonly pageSize: bigint;
+  /** IOVA of the buffer's bit 0. */
+  readonly iova: bigint;
+  readonly bits: number;
+  readonly targets: readonly BitmapPlacement[];
+}
+
 export interface TrackerContext {
   readonly bitmap: MigrationBitmap;
   readonly engine: Engine;
-  /** Marks a placement all dirty in the migration bitmap because its source failed. */
-  failed(tracker: Tracker, placement: BitmapPlacement, error: Error): void;
+  /** Marks placements all dirty in the migration bitmap because their source failed. */
+  failed(tracker: Tracker, placements: readonly BitmapPlacement[], error: Error): void;
 }
 
-/** Where each placement's bits sit in a scratch bitmap at a source page size other than the migration one. */
-export class ScratchLayout {
-  readonly blocks = new Map<BitmapPlacement, { bit: number; bits: number; iova: bigint; length: bigint }>();
-  readonly buffer: ArenaBuffer;
+/** The most ranges DMA_LOGGING_START takes: LOG_MAX_RANGES in drivers/vfio/vfio_main.c, PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range) on 4 KiB pages. */
+export const DMA_LOGGING_MAX_RANGES = 256;
 
-  constructor(engine: Engine, placements: readonly BitmapPlacement[], readonly pageSize: bigint) {
-    let bit = 0;
-    for (const p of placements) {
-      const iova = (p.iova / pageSize) * pageSize;
-      const end = ((p.iova + p.size + pageSize - 1n) / pageSize) * pageSize;
-      const bits = Number((end - iova) / pageSize);
-      this.blocks.set(p, { bit, bits, iova, length: end - iova });
-      bit += Math.ceil(bits / 64) * 64;
-    }
-    this.buffer = engine.arena.allocate(Math.max(8, bit / 8), 64);
-  }
-
-  view(placement: BitmapPlacement): Uint8Array {
-    const block = this.blocks.get(placement)!;
-    return new Uint8Array(this.buffer.arena.memory.buffer, this.buffer.offset + block.bit / 8, Math.ceil(block.bits / 64) * 8);
-  }
-
-  /** ORs the placement's scratch bits into the migration bitmap; returns the bits newly set. */
-  async resampleInto(engine: Engine, bitmap: MigrationBitmap, placement: BitmapPlacement): Promise<number> {
-    const block = this.blocks.get(placement)!;
-    const spec = {
-      destination: bitmap.buffer, destinationPageSize: bitmap.pageSize, destinationBit: placement.bit, destinationBits: placement.bits,
-      source: this.buffer, sourcePageSize: this.pageSize, sourceBit: block.bit, sourceBits: block.bits,
-      sourceIovaOffset: block.iova - placement.iova,
-    };
-    try {
-      return await engine.resample(spec);
-    } catch {
-      // The workers failed: the bits are still in shared memory, do it on this thread.
-      return engine.sync.resample(spec);
-    }
-  }
-
-  free(): void {
-    this.buffer.free();
-  }
+function scratch(engine: Engine, bits: number): ArenaBuffer {
+  const buffer = engine.arena.allocate(Math.max(8, Math.ceil(bits / 64) * 8), 64);
+  buffer.bytes().fill(0);
+  return buffer;
 }
 
 export abstract class Tracker {
   abstract readonly kind: TrackerKind;
   abstract readonly name: string;
-  abstract readonly devices: readonly Device[];
-  /**
-   * The kernel only sets bits in the caller's bitmap (HWPT dirty bitmaps, DMA logging reports):
-   * at the migration page size such a source writes straight into the migration bitmap, which
-   * is then the merge. A source that overwrites (type1) gets a buffer of its own.
-   */
-  abstract readonly onlySetsBits: boolean;
-  /** True when the kernel writes this tracker's bits straight into the migration bitmap. */
-  direct = false;
-  /** A source bitmap in the migration bitmap's geometry (same page size): merged by a plain OR. */
-  source: ArenaBuffer | undefined;
-  /** A scratch bitmap at another page size: resampled into the migration bitmap per placement. */
-  scratch: ScratchLayout | undefined;
+  /** The devices this source tracks; trackers gain and lose devices as they attach and detach. */
+  readonly devices: Device[] = [];
+  /** Set once the source is gone (its HWPT destroyed, its log stopped at detach): never read again. */
+  retired = false;
 
   abstract start(context: TrackerContext): void;
   abstract stop(): void;
-  /** Reads (and clears, in the kernel) every placement's dirty pages into `source` or `scratch`. */
-  abstract query(context: TrackerContext, placements: readonly BitmapPlacement[]): void;
+  /**
+   * Reads (and clears, in the kernel) the dirty pages of `placements`. Bits written straight
+   * into the migration bitmap are there on return; the rest is appended to `merges`.
+   */
+  abstract query(context: TrackerContext, placements: readonly BitmapPlacement[], merges: ScratchMerge[]): void;
 
-  /** Sources and scratch buffers are sized for the placements: rebuild them when those change. */
-  layout(context: TrackerContext, placements: readonly BitmapPlacement[], pageSize: bigint): void {
-    const same = pageSize === context.bitmap.pageSize;
-    // A same-geometry target spans the whole bitmap whatever is mapped: keep it.
-    if (same && (this.direct || this.source) && !this.scratch) return;
-    this.release();
-    if (same && this.onlySetsBits) this.direct = true;
-    else if (same) this.source = context.bitmap.allocateSource();
-    else this.scratch = new ScratchLayout(context.engine, placements, pageSize);
-  }
-
-  /** The view the kernel writes a placement's bits into. */
-  protected target(context: TrackerContext, placement: BitmapPlacement): Uint8Array {
-    if (this.direct) return context.bitmap.view(context.bitmap.buffer, placement);
-    if (this.source) return context.bitmap.view(this.source, placement);
-    return this.scratch!.view(placement);
-  }
-
-  release(): void {
-    this.direct = false;
-    this.source?.free();
-    this.source = undefined;
-    this.scratch?.free();
-    this.scratch = undefined;
+  /** A source that only sets bits writes straight into the migration bitmap when the placement is on a word. */
+  protected direct(context: TrackerContext, placement: BitmapPlacement): Uint8Array | undefined {
+    return placement.bit % 64 === 0 ? context.bitmap.view(placement.bit, placement.bits) : undefined;
   }
 }
 
 /** IOMMU_HWPT_SET_DIRTY_TRACKING / GET_DIRTY_BITMAP on one HWPT, for all the devices on it. */
 export class IommuTracker extends Tracker {
   readonly kind = 'iommu' as const;
-  readonly onlySetsBits = true;
   readonly name: string;
   private enabled = false;
 
-  constructor(readonly container: IommufdContainer, readonly hwpt: Hwpt, readonly devices: readonly Device[]) {
+  constructor(readonly container: IommufdContainer, readonly hwpt: Hwpt, devices: readonly Device[]) {
     super();
     this.name = `hwpt ${hwpt.id}`;
+    this.devices.push(...devices);
   }
 
-  start(context: TrackerContext): void {
+  start(): void {
     // Enabling clears the HWPT's stale dirty bits: everything before this point is sent anyway.
     this.container.iommufd.hwptSetDirtyTracking(this.hwpt.id, true);
     this.enabled = true;
-    this.layout(context, context.bitmap.mappings, context.bitmap.pageSize);
   }
 
   stop(): void {
-    if (this.enabled) this.container.iommufd.hwptSetDirtyTracking(this.hwpt.id, false);
+    const enabled = this.enabled;
     this.enabled = false;
-    this.release();
+    if (enabled && !this.retired && this.container.autoDomains.hwpts.includes(this.hwpt)) {
+      this.container.iommufd.hwptSetDirtyTracking(this.hwpt.id, false);
+    }
   }
 
-  query(context: TrackerContext, placements: readonly BitmapPlacement[]): void {
-    for (const placement of placements) this.read(context, placement, this.target(context, placement), false);
+  query(context: TrackerContext, placements: readonly BitmapPlacement[], merges: ScratchMerge[]): void {
+    this.read(context, placements, merges, false);
   }
 
   /**
    * Before an unmap: read without clearing (NO_CLEAR skips the IOTLB flush the unmap does
-   * anyway), straight into the migration bitmap, which the kernel only ORs into.
+   * anyway). The bits stay in the migration bitmap until a round hands them over.
    */
-  readBeforeUnmap(context: TrackerContext, placement: BitmapPlacement): void {
-    this.read(context, placement, context.bitmap.view(context.bitmap.buffer, placement), true);
+  readBeforeUnmap(context: TrackerContext, placements: readonly BitmapPlacement[], merges: ScratchMerge[]): void {
+    this.read(context, placements, merges, true);
   }
 
-  private read(context: TrackerContext, placement: BitmapPlacement, bitmap: Uint8Array, noClear: boolean): void {
-    try {
-      this.container.iommufd.hwptGetDirtyBitmap({
-        hwptId: this.hwpt.id, iova: placement.iova, length: placement.size, pageSize: context.bitmap.pageSize, bitmap, noClear,
-      });
-    } catch (error) {
-      context.failed(this, placement, error as Error);
+  private read(context: TrackerContext, placements: readonly BitmapPlacement[], merges: ScratchMerge[], noClear: boolean): void {
+    // An id that no longer names our HWPT could name a new object: never read it as clean.
+    if (this.retired || !this.container.autoDomains.hwpts.includes(this.hwpt)) {
+      context.failed(this, placements, new Error(`HWPT ${this.hwpt.id} is gone: its pages are reported dirty`));
+      return;
+    }
+    const pageSize = context.bitmap.pageSize;
+    for (const placement of placements) {
+      const target = this.direct(context, placement);
+      let buffer: ArenaBuffer | undefined;
+      try {
+        if (!target) buffer = scratch(context.engine, placement.bits);
+        this.container.iommufd.hwptGetDirtyBitmap({
+          hwptId: this.hwpt.id, iova: placement.iova, length: placement.size, pageSize, bitmap: target ?? buffer!.bytes(), noClear,
+        });
+        if (buffer) merges.push({ tracker: this, buffer, pageSize, iova: placement.iova, bits: placement.bits, targets: [placement] });
+      } catch (error) {
+        buffer?.free();
+        context.failed(this, [placement], error as Error);
+      }
     }
   }
 }
-
-/** The most ranges DMA_LOGGING_START takes: PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range). */
-export const DMA_LOGGING_MAX_RANGES = 256;
 
 /**
  * Fewest ranges covering `ranges`, merging across the smallest gaps first (what QEMU and
@@ -187,32 +153,58 @@ export function combineRanges(ranges: readonly DmaLoggingRange[], maximum: numbe
   return spans.map((s) => ({ iova: s.start, length: s.end - s.start }));
 }
 
-/** A device's own DMA logging (VFIO_DEVICE_FEATURE_DMA_LOGGING_*). */
+const U64_END = 1n << 64n;
+
+/**
+ * The IOVA window DMA logging covers: the usable IOVA ranges, aligned inward to `pageSize` and
+ * ending at most at 2^64 - pageSize (DMA_LOGGING_START refuses iova + length past ULONG_MAX).
+ */
+export function loggingWindow(ranges: readonly IovaRange[], pageSize: bigint): DmaLoggingRange[] {
+  const out: DmaLoggingRange[] = [];
+  for (const r of ranges) {
+    const start = ((r.start + pageSize - 1n) / pageSize) * pageSize;
+    let end = ((r.last + 1n) / pageSize) * pageSize;
+    if (end > U64_END - pageSize) end = U64_END - pageSize;
+    if (end > start) out.push({ iova: start, length: end - start });
+  }
+  return out;
+}
+
+/**
+ * A device's own DMA logging (VFIO_DEVICE_FEATURE_DMA_LOGGING_*), as QEMU does it: started once
+ * over coarse ranges covering every IOVA the device could be given, never restarted by mapping
+ * changes. A REPORT covers whole device pages, and reading one clears it for every mapping in
+ * it: so one REPORT goes over each group of mappings that share device pages, and its bits are
+ * ORed into each of them.
+ */
 export class DeviceLoggingTracker extends Tracker {
   readonly kind = 'dma-logging' as const;
-  readonly onlySetsBits = true;
   readonly name: string;
-  readonly devices: readonly Device[];
   /** The page size the device chose at START. */
   pageSize = 0n;
+  /** The ranges logging was started with. */
+  ranges: readonly DmaLoggingRange[] = [];
   private logging = false;
-  /** Set when logging could not be restarted: every round then reports the device's ranges all dirty. */
-  broken: Error | undefined;
 
-  constructor(readonly device: Device) {
+  constructor(readonly device: Device, private readonly window: readonly DmaLoggingRange[]) {
     super();
     this.name = `device ${device.name}`;
-    this.devices = [device];
+    this.devices.push(device);
+  }
+
+  /** True when logging covers all of [iova, iova + size). */
+  covers(iova: bigint, size: bigint): boolean {
+    return this.ranges.some((r) => r.iova <= iova && iova + size <= r.iova + r.length);
   }
 
   start(context: TrackerContext): void {
-    const placements = context.bitmap.mappings;
-    if (placements.length === 0) throw new Error(`${this.device.name}: nothing is mapped to log`);
+    if (this.window.length === 0) throw new Error(`${this.device.name}: no IOVA window to log`);
     let maximum = DMA_LOGGING_MAX_RANGES;
-    const exact = placements.map((p) => ({ iova: p.iova, length: p.size }));
     for (;;) {
+      const ranges = combineRanges(this.window, maximum);
       try {
-        this.pageSize = this.device.handle.dmaLoggingStart(context.bitmap.pageSize, combineRanges(exact, maximum));
+        this.pageSize = this.device.handle.dmaLoggingStart(context.bitmap.pageSize, ranges);
+        this.ranges = ranges;
         break;
       } catch (error) {
         // A device's own limit may be below the kernel's: combine harder and try again.
@@ -224,78 +216,70 @@ export class DeviceLoggingTracker extends Tracker {
       }
     }
     this.logging = true;
-    this.broken = undefined;
-    this.layout(context, placements, this.pageSize);
   }
 
   stop(): void {
-    if (this.logging) this.device.handle.dmaLoggingStop();
+    const logging = this.logging;
     this.logging = false;
-    this.release();
+    if (logging) this.device.handle.dmaLoggingStop();
   }
 
-  query(context: TrackerContext, placements: readonly BitmapPlacement[]): void {
-    if (this.broken) {
-      for (const p of placements) context.failed(this, p, this.broken);
+  query(context: TrackerContext, placements: readonly BitmapPlacement[], merges: ScratchMerge[]): void {
+    if (!this.logging) {
+      context.failed(this, placements, new Error(`${this.device.name}: DMA logging is not running`));
       return;
     }
-    for (const placement of placements) {
-      const bitmap = this.target(context, placement);
-      if (this.scratch) bitmap.fill(0); // the driver only sets bits; a direct target is the migration bitmap itself
-      if (!this.report(context, placement, bitmap)) return;
+    const pageSize = context.bitmap.pageSize;
+    for (const group of this.groups(placements)) {
+      const first = group[0]!;
+      const last = group[group.length - 1]!;
+      const start = (first.iova / this.pageSize) * this.pageSize;
+      const end = ((last.iova + last.size + this.pageSize - 1n) / this.pageSize) * this.pageSize;
+      const bits = Number((end - start) / pageSize);
+      // One mapping on whole device pages, on a word of its memory: the kernel writes in place.
+      const target = group.length === 1 && start === first.iova && end === first.iova + first.size ? this.direct(context, first) : undefined;
+      let buffer: ArenaBuffer | undefined;
+      try {
+        if (!target) buffer = scratch(context.engine, bits);
+        // Reported at the migration page size: the kernel spreads each device page over its bits.
+        this.device.handle.dmaLoggingReport({ iova: start, length: end - start, pageSize, bitmap: target ?? buffer!.bytes() });
+        if (buffer) merges.push({ tracker: this, buffer, pageSize, iova: start, bits, targets: group });
+      } catch (error) {
+        buffer?.free();
+        // What the device cleared before failing is unknown: everything it logs is dirty.
+        context.failed(this, placements, error as Error);
+        return;
+      }
     }
   }
 
-  /** After an unmap (the device may DMA until then): report into the migration bitmap itself when the page sizes agree. */
-  readAfterUnmap(context: TrackerContext, placement: BitmapPlacement): boolean {
-    if (this.broken || !this.logging) return false;
-    if (this.pageSize === context.bitmap.pageSize) return this.report(context, placement, context.bitmap.view(context.bitmap.buffer, placement));
-    const bitmap = this.scratch!.view(placement);
-    bitmap.fill(0);
-    return this.report(context, placement, bitmap);
-  }
-
-  /** Reports one placement; on error the log is corrupt: all dirty, then restart logging. */
-  private report(context: TrackerContext, placement: BitmapPlacement, bitmap: Uint8Array): boolean {
-    const block = this.scratch?.blocks.get(placement);
-    try {
-      this.device.handle.dmaLoggingReport({
-        iova: block?.iova ?? placement.iova, length: block?.length ?? placement.size, pageSize: this.pageSize, bitmap,
-      });
-      return true;
-    } catch (error) {
-      for (const p of context.bitmap.mappings) context.failed(this, p, error as Error);
-      this.restart(context);
-      return false;
+  /** Groups of placements (IOVA order) that share a device page. */
+  groups(placements: readonly BitmapPlacement[]): BitmapPlacement[][] {
+    const sorted = [...placements].sort((a, b) => (a.iova < b.iova ? -1 : a.iova > b.iova ? 1 : 0));
+    const groups: BitmapPlacement[][] = [];
+    let lastPage = -1n;
+    for (const p of sorted) {
+      const firstPage = p.iova / this.pageSize;
+      const endPage = (p.iova + p.size - 1n) / this.pageSize;
+      const current = groups[groups.length - 1];
+      if (current && firstPage <= lastPage) current.push(p);
+      else groups.push([p]);
+      if (endPage > lastPage) lastPage = endPage;
     }
-  }
-
-  /** Stop and start again on the current mappings (after a report error, or when mappings change). */
-  restart(context: TrackerContext): void {
-    try {
-      this.stop();
-    } catch {
-      // A log that failed to report may also fail to stop; START below says whether it is usable.
-    }
-    try {
-      this.start(context);
-    } catch (error) {
-      this.broken = error as Error;
-    }
+    return groups;
   }
 }
 
 /** type1's VFIO_IOMMU_DIRTY_PAGES for a legacy container: every pinned page is reported dirty. */
 export class Type1Tracker extends Tracker {
   readonly kind = 'type1' as const;
-  /** type1 copies whole words over the caller's bitmap. */
-  readonly onlySetsBits = false;
   readonly name: string;
   private started = false;
 
-  constructor(readonly container: LegacyContainer, readonly devices: readonly Device[]) {
+  constructor(readonly container: LegacyContainer, devices: readonly Device[]) {
     super();
     this.name = `type1 container of ${devices.map((d) => d.name).join(', ')}`;
+    this.devices.push(...devices);
   }
 
   /** type1 only reports at the IOMMU's smallest page size. */
@@ -303,28 +287,36 @@ export class Type1Tracker extends Tracker {
     return this.container.minimumPageSize;
   }
 
-  start(context: TrackerContext): void {
+  start(): void {
     this.container.handle.dirtyPagesStart();
     this.started = true;
-    this.layout(context, context.bitmap.mappings, this.pageSize);
   }
 
   stop(): void {
-    if (this.started) this.container.handle.dirtyPagesStop();
+    const started = this.started;
     this.started = false;
-    this.release();
+    if (started && !this.container.handle.closed) this.container.handle.dirtyPagesStop();
   }
 
-  query(context: TrackerContext, placements: readonly BitmapPlacement[]): void {
+  query(context: TrackerContext, placements: readonly BitmapPlacement[], merges: ScratchMerge[]): void {
+    if (this.retired || this.container.handle.closed) {
+      context.failed(this, placements, new Error(`${this.name} is closed: its pages are reported dirty`));
+      return;
+    }
+    const pageSize = this.pageSize;
     for (const placement of placements) {
-      // type1 copies whole words over the bitmap (not an OR): each placement owns its words.
-      const block = this.scratch?.blocks.get(placement);
+      // type1 copies whole words over the caller's bitmap (not an OR): always a buffer of its own.
+      const start = (placement.iova / pageSize) * pageSize;
+      const end = ((placement.iova + placement.size + pageSize - 1n) / pageSize) * pageSize;
+      const bits = Number((end - start) / pageSize);
+      let buffer: ArenaBuffer | undefined;
       try {
-        this.container.handle.dirtyPagesGetBitmap({
-          iova: block?.iova ?? placement.iova, length: block?.length ?? placement.size, pageSize: this.pageSize, bitmap: this.target(context, placement),
-        });
+        buffer = scratch(context.engine, bits);
+        this.container.handle.dirtyPagesGetBitmap({ iova: start, length: end - start, pageSize, bitmap: buffer.bytes() });
+        merges.push({ tracker: this, buffer, pageSize, iova: start, bits, targets: [placement] });
       } catch (error) {
-        context.failed(this, placement, error as Error);
+        buffer?.free();
+        context.failed(this, [placement], error as Error);
       }
     }
   }

@@ -158,10 +158,18 @@ export class Engine {
   }
 
   /** Test hooks for the pool's failure handling. */
-  get testing(): { injectFault(slot: number, afterBlock: number): void; terminateWorker(slot: number): Promise<void>; workersStarted(): number } {
+  get testing(): {
+    injectFault(slot: number, afterBlock: number): void; terminateWorker(slot: number): Promise<void>; workersStarted(): number;
+    /** Injected faults no journaled task has taken yet. */
+    pendingFaults(): number;
+    /** Workers replaced after dying mid-task (injected faults that fired, crashes). */
+    workersReplaced(): number;
+  } {
     const pool = this.#requirePool();
     return {
       injectFault: (slot, afterBlock) => pool.injectFault(slot, afterBlock),
+      pendingFaults: () => pool.pendingFaults(),
+      workersReplaced: () => pool.replaced,
       terminateWorker: (slot) => pool.terminateWorker(slot),
       workersStarted: () => pool.started,
     };
@@ -206,7 +214,7 @@ export class Engine {
             this.#startJournal(c);
             const { firstWord, words, lastBits } = shardWords(shard);
             return c.api.mergeCount(dst.offset, addresses, c.sourceList, firstWord, words, lastBits, c.block, c.journal, c.faultAfterBlock);
-          }),
+          }, { journaled: true }),
         ),
       ),
     );
@@ -248,7 +256,7 @@ export class Engine {
           pool.run(s.slot, (c) => {
             this.#startJournal(c);
             return c.api.resample(g.dst, s.start, s.end, g.src, g.srcStart, g.srcEnd, g.shift, g.delta, c.work, c.block, c.journal, c.faultAfterBlock);
-          }),
+          }, { journaled: true }),
         ),
       ),
     );
@@ -323,7 +331,7 @@ export class Engine {
             );
             newlySet += step.newlySet;
             return this.#shardScan(s, c, step.count, step.cursor);
-          }),
+          }, { journaled: true }),
         ),
       ),
     );

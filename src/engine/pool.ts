@@ -68,6 +68,7 @@ const AREA_BYTES = JOURNAL_OFFSET + 64;
 export class WorkerPool {
   readonly #slots: Slot[] = [];
   #closing = false;
+  #replaced = 0;
   readonly #options: PoolOptions;
   /** Every worker started, replacements included. */
   started = 0;
@@ -138,13 +139,14 @@ export class WorkerPool {
    * Runs a task on a slot's worker; if the worker dies first, replaces it and
    * runs the task again on the new one.
    */
-  async run<T>(index: number, task: (context: SlotContext) => Promise<T>): Promise<T> {
+  async run<T>(index: number, task: (context: SlotContext) => Promise<T>, options: { journaled?: boolean } = {}): Promise<T> {
     let lastError: unknown;
     for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
       if (this.#closing) throw new EngineClosedError();
       const slot = this.#slot(index);
-      const fault = slot.pendingFault;
-      slot.pendingFault = -1;
+      // An injected fault waits for a task that can honour it (a journaled one).
+      const fault = options.journaled ? slot.pendingFault : -1;
+      if (options.journaled) slot.pendingFault = -1;
       const context: SlotContext = {
         index,
         api: slot.api,
@@ -163,6 +165,7 @@ export class WorkerPool {
         if (!(error instanceof WorkerDiedError)) throw error;
         if (this.#closing) throw new EngineClosedError();
         lastError = error;
+        this.#replaced++;
         try {
           await this.#replace(slot);
         } catch (spawnError) {
@@ -176,6 +179,16 @@ export class WorkerPool {
   /** Test hook: the next journaled task on this slot stops after `block` blocks and its worker exits. */
   injectFault(index: number, block: number): void {
     this.#slot(index).pendingFault = block;
+  }
+
+  /** Test hook: faults injected and not yet taken by a journaled task. */
+  pendingFaults(): number {
+    return this.#slots.filter((s) => s.pendingFault >= 0).length;
+  }
+
+  /** Workers replaced after dying mid-task. */
+  get replaced(): number {
+    return this.#replaced;
   }
 
   /** Test hook: kills a slot's worker now, as a crash would. */

@@ -40,18 +40,44 @@ export interface IovaSpan {
 }
 
 /**
- * Hooks for dirty tracking around mapping changes: during migration an unmap must not lose
- * the dirty state of what it removes (IOMMU trackers read with NO_CLEAR before it, type1 reads
- * through the unmap's bitmap, device logging reads after it).
+ * Hooks for dirty tracking around mapping and device changes. During migration a change must
+ * not lose dirty state: a map is refused before the kernel sees it if it cannot be tracked; an
+ * unmap reads IOMMU dirty bits with NO_CLEAR before it, type1's through the unmap's bitmap and
+ * device logs after it; a device attached starts its tracker (or is detached again); a device
+ * detached is drained once it is off its page table, before its HWPT is destroyed.
+ *
+ * `before*` hooks may refuse by throwing: nothing has changed then. Each `before*` hook that
+ * returned is followed by exactly one of its `after*` or `*Aborted` hooks.
  */
 export interface MappingObserver {
+  /** Before the kernel maps: throw to refuse. */
+  beforeMap?(mapping: Mapping): void | Promise<void>;
+  /** The kernel refused the map (or another observer did): nothing is mapped. */
+  mapAborted?(mapping: Mapping): void | Promise<void>;
   afterMap?(mapping: Mapping): void | Promise<void>;
   beforeUnmap?(span: IovaSpan, mappings: readonly Mapping[]): void | Promise<void>;
   /** A bitmap for a legacy container's unmap to fill (VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP). */
   type1UnmapBitmap?(container: LegacyContainer, span: IovaSpan): UnmapBitmap | undefined;
-  /** The kernel refused the unmap: nothing was removed (sent after beforeUnmap, instead of afterUnmap). */
-  unmapAborted?(span: IovaSpan): void | Promise<void>;
+  /**
+   * The unmap failed part way and was undone: the mappings are still there. `type1Bitmaps` holds
+   * what containers that did unmap wrote (read and cleared in the kernel: merge it).
+   */
+  unmapAborted?(span: IovaSpan, mappings: readonly Mapping[], type1Bitmaps: ReadonlyMap<LegacyContainer, UnmapBitmap>): void | Promise<void>;
   afterUnmap?(span: IovaSpan, mappings: readonly Mapping[], type1Bitmaps: ReadonlyMap<LegacyContainer, UnmapBitmap>): void | Promise<void>;
+  /** The device is attached; throw to have the attach undone. */
+  afterAttach?(device: Device): void | Promise<void>;
+  /** The attach is being undone after afterAttach returned (another observer refused it). */
+  attachAborted?(device: Device): void | Promise<void>;
+  /** Before a detach: throw to refuse. */
+  beforeDetach?(device: Device): void | Promise<void>;
+  /**
+   * Synchronous, during the detach: the device is off its page table (it can no longer DMA
+   * through it), its HWPT and container still exist, its fd is still open. Must not throw.
+   */
+  deviceLeaving?(device: Device): void;
+  /** The detach failed and the device is back where it was. */
+  detachAborted?(device: Device): void | Promise<void>;
+  afterDetach?(device: Device): void | Promise<void>;
 }
 
 export interface Topology {
@@ -104,6 +130,14 @@ export class AddressSpace {
     const device = this.deviceList.find((d) => d.name === name);
     if (!device) throw new InvalidArgumentError('device', `${JSON.stringify(name)} is not attached to this address space`);
     return device;
+  }
+
+  /**
+   * Runs `body` in the space's queue: no map, unmap, attach or detach is half done while it runs
+   * (what an observer needs to read the space and join it atomically).
+   */
+  exclusive<T>(body: () => T): Promise<T> {
+    return this.serialize(body);
   }
 
   addObserver(observer: MappingObserver): () => void {
@@ -175,15 +209,37 @@ export class AddressSpace {
     if (typeof location !== 'string' || location.length === 0) throw new InvalidArgumentError('device', 'must name a device');
     const choice = options.iommufd ?? this.options.iommufd ?? 'auto';
     if (!['on', 'off', 'auto'].includes(choice)) throw new InvalidArgumentError('iommufd', `must be on, off or auto, got ${JSON.stringify(choice)}`);
+    let attach: (undo: UndoStack) => Device;
     if (MOCK_LOCATION.test(location)) {
       if (choice === 'off') throw new InvalidArgumentError('iommufd', 'kernel test mock devices exist only on iommufd');
-      return new UndoStack().run((undo) => this.attachMock(location, options.name, undo));
+      attach = (undo) => this.attachMock(location, options.name, undo);
+    } else {
+      const found = this.kernel.locateDevice(location);
+      const name = options.name ?? found.name;
+      if (this.deviceList.some((d) => d.name === name)) throw new InvalidArgumentError('device', `${name} is already attached to this address space`);
+      const backend = this.chooseBackend(found, choice);
+      attach = (undo) => (backend === 'iommufd' ? this.attachIommufd(found, name, undo) : this.attachLegacy(found, name, undo));
     }
-    const found = this.kernel.locateDevice(location);
-    const name = options.name ?? found.name;
-    if (this.deviceList.some((d) => d.name === name)) throw new InvalidArgumentError('device', `${name} is already attached to this address space`);
-    const backend = this.chooseBackend(found, choice);
-    return new UndoStack().run((undo) => (backend === 'iommufd' ? this.attachIommufd(found, name, undo) : this.attachLegacy(found, name, undo)));
+    const undo = new UndoStack();
+    let device: Device;
+    try {
+      device = attach(undo);
+    } catch (error) {
+      return undo.unwind(error);
+    }
+    // Observers (a running DirtySync) start tracking the device, or refuse it: then it is undone.
+    const told: MappingObserver[] = [];
+    try {
+      for (const observer of this.observers) {
+        await observer.afterAttach?.(device);
+        told.push(observer);
+      }
+    } catch (error) {
+      for (const observer of told.reverse()) await observer.attachAborted?.(device);
+      return undo.unwind(error);
+    }
+    undo.commit();
+    return device;
   }
 
   private chooseBackend(found: DeviceLocation, choice: IommufdChoice): DeviceBackend {
@@ -343,15 +399,39 @@ export class AddressSpace {
 
   private async detachNow(device: Device): Promise<void> {
     if (!this.deviceList.includes(device)) throw new InvalidArgumentError('device', `${device.name} is not attached to this address space`);
+    const entered: MappingObserver[] = [];
+    try {
+      for (const observer of this.observers) {
+        await observer.beforeDetach?.(device);
+        entered.push(observer);
+      }
+    } catch (error) {
+      for (const observer of entered.reverse()) await observer.detachAborted?.(device);
+      throw error;
+    }
+    const leaving = () => {
+      for (const observer of entered) observer.deviceLeaving?.(device);
+    };
     const container = device.container;
-    // Off its page table first; if that fails nothing has changed.
-    if (container instanceof IommufdContainer) container.autoDomains.detach(device);
-    container.devices.delete(device);
-    this.deviceList.splice(this.deviceList.indexOf(device), 1);
-    // From here on the device is gone; a failing cleanup step leaves its object listed so
-    // that the next detach or close() finishes it.
-    if (!device.handle.closed) device.handle.close();
-    this.releaseUnused(container);
+    try {
+      // Off its page table first; if that fails nothing has changed. A legacy device leaves
+      // its container when its fd closes: observers drain it just before.
+      if (container instanceof IommufdContainer) container.autoDomains.detach(device, leaving);
+      else leaving();
+    } catch (error) {
+      for (const observer of entered) await observer.detachAborted?.(device);
+      throw error;
+    }
+    try {
+      container.devices.delete(device);
+      this.deviceList.splice(this.deviceList.indexOf(device), 1);
+      // From here on the device is gone; a failing cleanup step leaves its object listed so
+      // that the next detach or close() finishes it.
+      if (!device.handle.closed) device.handle.close();
+      this.releaseUnused(container);
+    } finally {
+      for (const observer of entered) await observer.afterDetach?.(device);
+    }
   }
 
   /** Gives back what no device uses any more: legacy groups, then whole containers. */
@@ -403,15 +483,28 @@ export class AddressSpace {
     const mapping: Mapping = { ...span, memory, memoryOffset, readonly: request.readonly ?? false, ownsMemory: !request.memory };
     const undo = new UndoStack();
     if (mapping.ownsMemory) undo.push('release memory', () => memory.release());
-    undo.run(() => {
-      for (const container of this.containerList) {
-        container.map(mapping);
-        undo.push('unmap from a container', () => container.unmap(span.iova, span.size));
+    // Observers reserve what tracking the mapping needs before the kernel maps it, so a map is
+    // either tracked or refused, never live and untracked.
+    const entered: MappingObserver[] = [];
+    try {
+      for (const observer of this.observers) {
+        await observer.beforeMap?.(mapping);
+        entered.push(observer);
       }
-    });
+      undo.run(() => {
+        for (const container of this.containerList) {
+          container.map(mapping);
+          undo.push('unmap from a container', () => container.unmap(span.iova, span.size));
+        }
+      });
+    } catch (error) {
+      for (const observer of entered.reverse()) await observer.mapAborted?.(mapping);
+      undo.unwindTo(0);
+      throw error;
+    }
     const index = this.mappingList.findIndex((m) => m.iova > span.iova);
     this.mappingList.splice(index === -1 ? this.mappingList.length : index, 0, mapping);
-    for (const observer of this.observers) await observer.afterMap?.(mapping);
+    for (const observer of entered) await observer.afterMap?.(mapping);
     return mapping;
   }
 
@@ -424,7 +517,16 @@ export class AddressSpace {
     }
     const removed = this.mappingList.filter((m) => m.iova >= span.iova && m.iova + m.size <= end);
     if (removed.length === 0) throw new InvalidArgumentError('unmap', `nothing is mapped in 0x${span.iova.toString(16)}+0x${span.size.toString(16)}`);
-    for (const observer of this.observers) await observer.beforeUnmap?.(span, removed);
+    const entered: MappingObserver[] = [];
+    try {
+      for (const observer of this.observers) {
+        await observer.beforeUnmap?.(span, removed);
+        entered.push(observer);
+      }
+    } catch (error) {
+      for (const observer of entered.reverse()) await observer.unmapAborted?.(span, removed, new Map());
+      throw error;
+    }
     const bitmaps = new Map<LegacyContainer, UnmapBitmap>();
     const undo = new UndoStack();
     try {
@@ -432,7 +534,7 @@ export class AddressSpace {
       for (const container of this.containerList) {
         let bitmap: UnmapBitmap | undefined;
         if (container instanceof LegacyContainer) {
-          for (const observer of this.observers) bitmap ??= observer.type1UnmapBitmap?.(container, span);
+          for (const observer of entered) bitmap ??= observer.type1UnmapBitmap?.(container, span);
         }
         container.unmap(span.iova, span.size, bitmap);
         if (bitmap && container instanceof LegacyContainer) bitmaps.set(container, bitmap);
@@ -440,14 +542,14 @@ export class AddressSpace {
       }
       });
     } catch (error) {
-      for (const observer of this.observers) await observer.unmapAborted?.(span);
+      for (const observer of entered) await observer.unmapAborted?.(span, removed, bitmaps);
       throw error;
     }
     for (const mapping of removed) {
       this.mappingList.splice(this.mappingList.indexOf(mapping), 1);
       if (mapping.ownsMemory) mapping.memory.release();
     }
-    for (const observer of this.observers) await observer.afterUnmap?.(span, removed, bitmaps);
+    for (const observer of entered) await observer.afterUnmap?.(span, removed, bitmaps);
     return removed;
   }
 }

@@ -98,16 +98,23 @@ export class AutoDomains {
   /**
    * Detach in the order QEMU settled on (v5): detach the device, take it off its HWPT, destroy
    * the HWPT when no device is left on it. If the destroy fails the device goes back on.
+   * `leaving` runs once the device is off its page table and before its HWPT is destroyed.
    */
-  detach(device: Device): void {
+  detach(device: Device, leaving?: () => void): void {
     if (device.attachedToIoas) {
       this.leave(device);
       device.attachedToIoas = false;
+      leaving?.();
       return;
     }
     const hwpt = device.hwpt;
-    if (!hwpt) return;
+    if (!hwpt) {
+      leaving?.();
+      return;
+    }
     this.leave(device);
+    // Off the page table, the HWPT not yet destroyed: dirty trackers take their last bits now.
+    leaving?.();
     hwpt.devices.delete(device);
     device.hwpt = undefined;
     if (hwpt.devices.size > 0) return;

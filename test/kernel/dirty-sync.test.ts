@@ -16,19 +16,26 @@ const START = uapi.MOCK_APERTURE_START;
 const MOCK_PAGE = uapi.MOCK_IO_PAGE_SIZE;
 afterAll(() => flushCoverage('dirty-sync.test.ts'));
 
-/** A round and the dirty IOVA pages its runs name. */
-async function round(sync: DirtySync): Promise<{ round: DirtyRound; pages: bigint[] }> {
+/**
+ * A round and the pages it hands over: by IOVA where the memory is mapped, and as
+ * `region:offset` where no mapping maps it any more.
+ */
+async function round(sync: DirtySync): Promise<{ round: DirtyRound; pages: bigint[]; unmapped: string[] }> {
   const pages: bigint[] = [];
+  const unmapped: string[] = [];
   const result = await sync.round({
     onRuns: (runs, count) => {
       for (let i = 0; i < count; i++) {
         for (const range of sync.rangesOfRun(runs[2 * i]!, runs[2 * i + 1]!)) {
-          for (let iova = range.iova; iova < range.iova + range.length; iova += PAGE) pages.push(iova);
+          for (let at = 0n; at < range.length; at += PAGE) {
+            if (range.iova === undefined) unmapped.push(`${range.region}:0x${(range.offset + at).toString(16)}`);
+            else pages.push(range.iova + at);
+          }
         }
       }
     },
   });
-  return { round: result, pages: pages.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)) };
+  return { round: result, pages: pages.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)), unmapped };
 }
 
 /**
@@ -121,25 +128,93 @@ describe.runIf(onVirtioIommu)('DirtySync with kernel test mocks', () => {
     expect(calls.indexOf('IOMMU_HWPT_GET_DIRTY_BITMAP NO_CLEAR')).toBeGreaterThanOrEqual(0);
     expect(calls.indexOf('IOMMU_HWPT_GET_DIRTY_BITMAP NO_CLEAR')).toBeLessThan(calls.indexOf('IOMMU_IOAS_UNMAP'));
     const result = await round(sync);
-    expect(result.pages).toEqual([START + 9n * PAGE, second, second + 255n * PAGE]);
-    await sync.markAllSent();
-    expect((await round(sync)).pages).toEqual([]);
+    // The removed mapping's memory (region 1) keeps its pages, named by memory offset.
+    expect(result.pages).toEqual([START + 9n * PAGE]);
+    expect(result.unmapped).toEqual(['1:0x0', '1:0xff000']);
+    const after = await round(sync);
+    expect([after.pages, after.unmapped]).toEqual([[], []]);
     await sync.stop();
     await space.close();
   });
 
-  it('a device nothing can track (mock:no-dirty) makes every round report all mapped pages', async () => {
+  it('a device nothing can track (mock:no-dirty) blocks migration, or with allowUntrackedDevices makes every round report all mapped pages', async () => {
     const { space } = await twoMocks(MiB);
     const untracked = await space.attach('mock:no-dirty');
-    const sync = new DirtySync(space, { workers: 1, initiallyDirty: false });
+    const from = syscalls().records.length;
+    await expect(new DirtySync(space, { workers: 1 }).start()).rejects.toThrow(new RegExp(`migration is blocked: ${untracked.name}`));
+    expect(syscalls().records.slice(from).filter((r) => r.name.startsWith('IOMMU_') || r.name.startsWith('VFIO_'))).toEqual([]);
+    const sync = new DirtySync(space, { workers: 1, initiallyDirty: false, allowUntrackedDevices: true });
     await sync.start();
     expect(sync.sources.map((s) => s.kind)).toEqual(['iommu', 'none']);
     for (let i = 0; i < 2; i++) {
       const result = await round(sync);
       expect(result.round.untrackedDevices).toEqual([untracked.name]);
       expect(result.pages).toHaveLength(256);
-      await sync.markAllSent();
     }
+    await sync.stop();
+    await space.close();
+  });
+
+  it('adjacent mappings of different memory: each round reports exactly the marked pages of each', async () => {
+    const space = new AddressSpace(kernel());
+    const a = await space.attach('mock');
+    await space.map({ iova: START, size: MiB });
+    await space.map({ iova: START + MiB, size: MiB });
+    const sync = new DirtySync(space, { workers: 1, initiallyDirty: false });
+    await sync.start();
+    // The last page of the first mapping and the first page of the second share a 2 MiB span.
+    mark(space, a.hwpt!.id, START, 2n * MiB, [255, 256, 511]);
+    const result = await round(sync);
+    expect(result.pages).toEqual([START + 255n * PAGE, START + MiB, START + MiB + 255n * PAGE]);
+    expect(sync.regions).toHaveLength(2);
+    expect((await round(sync)).pages).toEqual([]);
+    await sync.stop();
+    await space.close();
+  });
+
+  it('a map and an unmap between a round and the send lose nothing: the next round has them', async () => {
+    const { space, hwptId } = await twoMocks(MiB);
+    const doomed = START + 8n * MiB;
+    await space.map({ iova: doomed, size: MiB });
+    const sync = new DirtySync(space, { workers: 1, initiallyDirty: false });
+    await sync.start();
+    mark(space, hwptId, START, MiB, [1]);
+    const sent = await round(sync);
+    expect(sent.pages).toEqual([START + PAGE]);
+    // While the consumer sends: the device writes into a mapping that is then unmapped, and new
+    // memory is mapped. The old API's markAllSent() after the send wiped both.
+    mark(space, hwptId, doomed, MiB, [3]);
+    await space.unmap({ iova: doomed, size: MiB });
+    const fresh = START + 32n * MiB;
+    await space.map({ iova: fresh, size: MiB });
+    await sync.markAllSent(); // deprecated: clears nothing a round has not handed over
+    const next = await round(sync);
+    expect(next.unmapped).toEqual(['1:0x3000']);
+    expect(next.pages).toHaveLength(256); // the new memory, never sent
+    expect(next.pages[0]).toBe(fresh);
+    const quiet = await round(sync);
+    expect([quiet.pages, quiet.unmapped]).toEqual([[], []]);
+    await sync.stop();
+    await space.close();
+  });
+
+  it('detaching the dirty devices during migration drains their HWPT before it is destroyed; later rounds converge', async () => {
+    const { space, hwptId, names } = await twoMocks(MiB);
+    const sync = new DirtySync(space, { workers: 1, initiallyDirty: false });
+    await sync.start();
+    mark(space, hwptId, START, MiB, [4, 200]);
+    const from = syscalls().records.length;
+    await space.detach(names[0]!);
+    expect(sync.sources).toEqual([{ kind: 'iommu', name: `hwpt ${hwptId}`, devices: [names[1]] }]);
+    await space.detach(names[1]!);
+    const calls = syscalls().records.slice(from).map((r) => r.name);
+    // The last device off the HWPT: its dirty bits are read before IOMMU_DESTROY frees it.
+    expect(calls.lastIndexOf('IOMMU_HWPT_GET_DIRTY_BITMAP')).toBeGreaterThanOrEqual(0);
+    expect(calls.lastIndexOf('IOMMU_HWPT_GET_DIRTY_BITMAP')).toBeLessThan(calls.lastIndexOf('IOMMU_DESTROY'));
+    expect(sync.sources).toEqual([]);
+    const drained = await round(sync);
+    expect(drained.pages).toEqual([START + 4n * PAGE, START + 200n * PAGE]);
+    expect((await round(sync)).round.dirtyPages).toBe(0);
     await sync.stop();
     await space.close();
   });

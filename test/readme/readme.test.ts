@@ -16,11 +16,10 @@ it('the README example runs and prints what its comments say', () => {
   writeFileSync(file, example!);
   try {
     const output = execFileSync('node', [file], { cwd: root, encoding: 'utf8' });
-    // Each console.log line's comment is what it must print.
-    const expected = [...example!.matchAll(/console\.log\(.*\); \/\/ ([^\n:]+?)(?::.*)?$/gm)].map((m) => m[1]!.replace(/^'(.*)'$/, '$1'));
-    expect(output.trim().split('\n').map((line) => line.replace(/^'(.*)'$/, '$1'))).toEqual([
-      expected[0], expected[1], '[ { iova: 20480n, length: 12288n } ]', expected[3],
-    ]);
+    // Each console.log line's comment, up to a colon, is exactly what it must print, in order.
+    const expected = [...example!.matchAll(/console\.log\(.*\); \/\/ ([^\n:]+?)(?::.*)?$/gm)].map((m) => m[1]!.trim());
+    expect(expected.length).toBeGreaterThanOrEqual(5);
+    expect(output.trim().split('\n')).toEqual(expected);
   } finally {
     rmSync(file, { force: true });
   }
