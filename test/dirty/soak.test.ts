@@ -11,7 +11,7 @@ const run = promisify(execFile);
 
 it('npm run soak: 3,000 rounds with events between round and send, lost 0, worker faults fired', async () => {
   const { stdout } = await run('node', [join(root, 'dist/src/cli/soak.js'), '--rounds', '3000', '--seed', '3', '--json'], { cwd: root });
-  const result = JSON.parse(stdout) as Record<string, number> & { line: string };
+  const result = JSON.parse(stdout) as { line: string; seconds: number; precision: number; rounds: number; lost: number; faultsFired: number } & Record<string, number | string>;
   console.log(`${result.line} (${result.seconds.toFixed(1)} s, precision ${(result.precision * 100).toFixed(1)}%)`);
   expect(result.rounds).toBe(3000);
   expect(result.lost).toBe(0);
