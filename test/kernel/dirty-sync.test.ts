@@ -81,15 +81,15 @@ describe.runIf(onVirtioIommu)('DirtySync with kernel test mocks', () => {
     expect(first.round).toMatchObject({ index: 1, newlyDirtyPages: 7, dirtyPages: 7, runCount: 5, failures: [], untrackedDevices: [] });
     expect(first.round.dirtyBytes).toBe(7n * PAGE);
 
-    // sent: the kernel's bits were cleared by the read, the migration bitmap by markAllSent
-    await sync.markAllSent();
+    // handed over: the kernel's bits were cleared by the read, the migration bitmap's by the round
     const second = await round(sync);
     expect(second.pages).toEqual([]);
     expect(second.round).toMatchObject({ newlyDirtyPages: 0, dirtyPages: 0, runCount: 0 });
 
-    // not sent: pages stay dirty across rounds, and new ones add up
+    // not sent: the consumer gives a page back; it comes again with the new ones
     mark(space, hwptId, START, 4n * MiB, [2]);
     expect((await round(sync)).pages).toEqual([START + 2n * PAGE]);
+    await sync.redirty({ memory: space.mappings[0]!.memory, offset: 2n * PAGE, length: PAGE });
     mark(space, hwptId, START, 4n * MiB, [3]);
     const carried = await round(sync);
     expect(carried.pages).toEqual([START + 2n * PAGE, START + 3n * PAGE]);
