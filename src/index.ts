@@ -12,7 +12,11 @@ export {
 export type {
   AddressSpaceOptions, AttachOptions, MapRequest, Mapping, MappingObserver, Topology, ContainerTopology, DirtyTracker,
 } from './vfio/index.js';
-export { DirtySync, MigrationBitmap } from './dirty/index.js';
+export { DirtySync, MigrationBitmap, MemoryRegion, MigrationBlockedError } from './dirty/index.js';
 export type { DirtyRound, DirtySyncOptions, RoundOptions, DirtyRange, QueryFailure } from './dirty/index.js';
+export { Migration, MigrationTarget, MigrationFailedError, MigrationRefusedError, StreamFormatError } from './migration/index.js';
+export type {
+  DeviceStateSink, DeviceStateSource, MigrationOptions, MigrationRound, MigrationSummary, MigrationTargetOptions, MigrationTargetSummary,
+} from './migration/index.js';
 export { Engine, IovaRangeSet } from './engine/index.js';
 export type { EngineOptions } from './engine/index.js';

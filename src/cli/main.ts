@@ -7,6 +7,7 @@ import { linuxKernel } from '../kernel/linux/index.js';
 import { registerBenchSync } from './bench-sync.js';
 import { printJson, table } from './output.js';
 import { probe } from './probe.js';
+import { registerMigrate } from './migrate.js';
 import { registerSimulate } from './simulate.js';
 import { UsageError } from './units.js';
 
@@ -16,6 +17,7 @@ const program = new Command('vfio-iommufd')
   .exitOverride();
 
 registerSimulate(program);
+registerMigrate(program);
 
 program
   .command('probe')

@@ -14,7 +14,8 @@ const GIB = 1024n * MIB;
 export const HOST_PAGE_SIZES = [4n * KIB, 2n * MIB, 1n * GIB] as const;
 
 export class SimulatedHostMemory implements HostMemory {
-  readonly bytes: Uint8Array | undefined = undefined;
+  /** The memory's content, when it was allocated with content (what a DMA write stores into). */
+  readonly bytes: Uint8Array | undefined;
   private releasedFlag = false;
   /** Live mappings (IOAS areas, type1 DMA mappings) using this memory. */
   mappings = 0;
@@ -26,7 +27,10 @@ export class SimulatedHostMemory implements HostMemory {
     /** Physically contiguous run size: the largest IOPTE the IOMMU can use for this memory. */
     readonly backingPageSize: bigint,
     private readonly onRelease: (memory: SimulatedHostMemory) => void,
-  ) {}
+    content = false,
+  ) {
+    this.bytes = content ? new Uint8Array(Number(length)) : undefined;
+  }
 
   get released(): boolean {
     return this.releasedFlag;
@@ -61,12 +65,12 @@ export class HostAddressSpace {
 
   constructor(private readonly owner: object) {}
 
-  allocate(length: bigint, backingPageSize: bigint): SimulatedHostMemory {
+  allocate(length: bigint, backingPageSize: bigint, content = false): SimulatedHostMemory {
     const alignment = backingPageSize > 2n * MIB ? backingPageSize : 2n * MIB;
     const address = (this.next + alignment - 1n) & ~(alignment - 1n);
     const rounded = (length + backingPageSize - 1n) & ~(backingPageSize - 1n);
     this.next = address + rounded + 2n * MIB; // a guard gap: adjacent allocations are never contiguous
-    const memory = new SimulatedHostMemory(this.owner, address, length, backingPageSize, (released) => this.live.delete(released));
+    const memory = new SimulatedHostMemory(this.owner, address, length, backingPageSize, (released) => this.live.delete(released), content);
     this.live.add(memory);
     return memory;
   }

@@ -36,6 +36,9 @@ export interface SimulatedKernelOptions {
   readonly hostPageSize?: bigint;
 }
 
+/** The most bytes a simulated memory with content holds (Node's typed array limit). */
+export const MAXIMUM_CONTENT_BYTES = 1n << 32n;
+
 /** What a simulated DMA write did. */
 export interface DmaResult {
   /** Bytes that reached memory (translated and writeable). */
@@ -281,13 +284,20 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
     return handle;
   }
 
-  allocateHostMemory(length: bigint, options?: { readonly pageSize?: bigint }): SimulatedHostMemory {
+  /**
+   * Simulated host memory: an address range that costs nothing, or with `content: true` real
+   * bytes (at most MAXIMUM_CONTENT_BYTES per allocation) that DMA writes with data store into.
+   */
+  allocateHostMemory(length: bigint, options?: { readonly pageSize?: bigint; readonly content?: boolean }): SimulatedHostMemory {
     checkLength('length', length);
     const pageSize = options?.pageSize ?? this.hostPageSize;
     if (!HOST_PAGE_SIZES.includes(pageSize as (typeof HOST_PAGE_SIZES)[number])) {
       throw new InvalidArgumentError('pageSize', `must be one of ${HOST_PAGE_SIZES.join(', ')}, got ${pageSize}`);
     }
-    return this.memory.allocate(length, pageSize);
+    if (options?.content && length > MAXIMUM_CONTENT_BYTES) {
+      throw new InvalidArgumentError('length', `memory with content holds at most 0x${MAXIMUM_CONTENT_BYTES.toString(16)} bytes per allocation (a typed array's limit), got 0x${length.toString(16)}`);
+    }
+    return this.memory.allocate(length, pageSize, options?.content ?? false);
   }
 
   // ---- simulator controls -----------------------------------------------------------------
@@ -296,12 +306,16 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
    * The device writes [iova, iova + length) by DMA. The write goes through the device's current
    * translation — its HWPT (setting IOPTE dirty bits when the HWPT tracks), its IOAS (an mdev's
    * access), or its group's type1 container — and is logged by the device when its DMA logging
-   * is running. Nothing is written anywhere: the simulator has no guest memory.
+   * is running. With `data`, the bytes land in the memory behind each translated range when that
+   * memory has content; without, only the dirty state changes.
    */
-  dmaWrite(source: DmaSource, iova: bigint, length: bigint): DmaResult {
+  dmaWrite(source: DmaSource, iova: bigint, length: bigint, data?: Uint8Array): DmaResult {
     checkLength('length', length);
+    if (data !== undefined && (!(data instanceof Uint8Array) || BigInt(data.byteLength) !== length)) {
+      throw new InvalidArgumentError('data', `must be a Uint8Array of exactly 0x${length.toString(16)} bytes`);
+    }
     const writer = this.dmaWriter(source);
-    writer.write(iova, length);
+    writer.write(iova, length, data);
     return { written: writer.written, faulted: writer.faulted };
   }
 
@@ -441,7 +455,7 @@ class DmaWriter {
     private readonly path: TranslationPath | undefined,
   ) {}
 
-  write(iova: bigint, length: bigint): void {
+  write(iova: bigint, length: bigint, data?: Uint8Array): void {
     this.device?.log?.record(iova, length);
     const path = this.path;
     if (!path) {
@@ -449,7 +463,7 @@ class DmaWriter {
       return;
     }
     if ('container' in path) {
-      const result = path.container.deviceWrite(iova, length, path.emulated);
+      const result = path.container.deviceWrite(iova, length, path.emulated, data);
       this.written += result.written;
       this.faulted += result.faulted;
       return;
@@ -463,6 +477,8 @@ class DmaWriter {
       const from = maxBig(iova, area.iova);
       const to = minBig(end, area.last + 1n);
       done += to - from;
+      const bytes = data && area.pages.memory.bytes;
+      if (bytes) bytes.set(data.subarray(Number(from - iova), Number(to - iova)), Number(area.pages.offset + (from - area.iova)));
       if (domain?.trackingEnabled) {
         const mapping = domain.mapping(area);
         if (mapping) {

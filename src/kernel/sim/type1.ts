@@ -470,7 +470,7 @@ export class SimulatedLegacyContainer implements LegacyContainerHandle {
   }
 
   /** The type1 driver's view of a device write at [iova, iova + length) (translation, vfio_dma_rw). */
-  deviceWrite(iova: bigint, length: bigint, emulated: boolean): { written: bigint; faulted: bigint } {
+  deviceWrite(iova: bigint, length: bigint, emulated: boolean, data?: Uint8Array): { written: bigint; faulted: bigint } {
     const iommu = this.iommu;
     if (!iommu) return { written: 0n, faulted: length };
     let written = 0n;
@@ -481,6 +481,7 @@ export class SimulatedLegacyContainer implements LegacyContainerHandle {
       const from = maxBig(iova, dma.iova);
       const to = minBig(end, dma.end);
       written += to - from;
+      if (data && dma.memory.bytes) dma.memory.bytes.set(data.subarray(Number(from - iova), Number(to - iova)), Number(dma.offset + (from - dma.iova)));
       if (emulated && iommu.dirtyTracking) {
         const pageSize = iommu.pageSize;
         dma.written ??= new ChunkedBitmap(Number(dma.size / pageSize));
