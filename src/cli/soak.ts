@@ -233,10 +233,10 @@ async function soakSeed(seed: number, rounds: number, engine: Engine, faults: bo
     const failAt = !final && chance(0.02) ? below(3) : -1;
     let chunks = 0;
     const result = await sync.round({
-      onRuns: (runs, count) => {
+      onRuns: (runs, count, base) => {
         if (chunks++ === failAt) throw new ConsumerFailure();
         for (let i = 0; i < count; i++) {
-          for (const range of sync.rangesOfRun(runs[2 * i]!, runs[2 * i + 1]!)) {
+          for (const range of sync.rangesOfRun(base + runs[2 * i]!, runs[2 * i + 1]!)) {
             const first = Number(range.offset / pageSize);
             const end = first + Number(range.length / pageSize);
             for (let p = first; p < end; p++) {

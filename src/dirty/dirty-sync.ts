@@ -75,13 +75,14 @@ export interface DirtyRound {
 
 export interface RoundOptions {
   /**
-   * Receives each chunk of runs as (start bit, length) pairs while it is valid (zero copy).
-   * Translate with `rangesOfRun`. Every run is handed over once: when the callback returns, its
+   * Receives each chunk of runs as (start bit, length) pairs while it is valid (zero copy), with
+   * the bit where the chunk's segment starts: translate a run with `rangesOfRun(base + start,
+   * length)` (`base` is 0 below 2^31 pages, so `rangesOfRun(start, length)` is right there). Every run is handed over once: when the callback returns, its
    * pages have left the migration bitmap (give pages back with `redirty`). If it throws, the
    * round stops and rejects with that error; the runs of that chunk and of the chunks not yet
    * handed over stay in the bitmap for the next round.
    */
-  readonly onRuns?: (runs: Uint32Array, count: number) => void;
+  readonly onRuns?: (runs: Uint32Array, count: number, base: number) => void;
 }
 
 /** A device nothing can track blocks migration (QEMU's migration blocker). */
@@ -236,7 +237,7 @@ export class DirtySync {
       }
       const first = Number(range.offset / bitmap.pageSize);
       const end = Number((range.offset + range.length + bitmap.pageSize - 1n) / bitmap.pageSize);
-      this.engine!.sync.setRange(bitmap.buffer, region.bit + first, region.bit + end);
+      bitmap.markBits(region.bit + first, end - first);
     });
   }
 
@@ -408,7 +409,7 @@ export class DirtySync {
   private spec(merge: ScratchMerge, target: BitmapPlacement): ResampleSpec {
     const bitmap = this.bitmap;
     return {
-      destination: bitmap.buffer, destinationPageSize: bitmap.pageSize, destinationBit: target.bit, destinationBits: target.bits,
+      destination: target.buffer, destinationPageSize: bitmap.pageSize, destinationBit: target.bit, destinationBits: target.bits,
       source: merge.buffer, sourcePageSize: merge.pageSize, sourceBit: 0, sourceBits: merge.bits,
       sourceIovaOffset: merge.iova - target.iova,
     };
@@ -465,8 +466,8 @@ export class DirtySync {
     // Query: each kernel writes straight into shared memory. Sources that only set bits (HWPT,
     // DMA logging) write into their memory's bits where a mapping sits on a word; the rest into
     // scratch buffers, ORed in below. Newly dirty = the count after the round less before it.
-    const bits = bitmap.usedBits;
-    const before = await countBits(engine, bitmap.buffer, bits);
+    let before = 0;
+    for (const segment of bitmap.segments) if (segment.buffer && segment.usedBits) before += await countBits(engine, segment.buffer, segment.usedBits);
     const merges: ScratchMerge[] = [];
     for (const tracker of this.trackers) tracker.query(context, placements, merges);
     if (this.untracked.length) for (const p of placements) bitmap.markPlacement(p);
@@ -480,43 +481,48 @@ export class DirtySync {
     }
     const mergedAt = performance.now();
 
-    // Scan and hand over. Each chunk's span [first run start, last run end) holds only its runs
-    // (and zeros): cleared once the consumer has taken the chunk.
-    const handed: [number, number][] = [];
+    // Scan and hand over, segment by segment. Each chunk's span [first run start, last run end)
+    // holds only its runs (and zeros): cleared once the consumer has taken the chunk.
+    const handed: [ArenaBuffer, number, number][] = [];
     let dirtyPages = 0;
     let runCount = 0;
-    const take = (runs: Uint32Array, count: number) => {
-      if (count === 0) return;
-      try {
-        options.onRuns?.(runs, count);
-      } catch (error) {
-        throw new ConsumerError(error);
-      }
-      for (let i = 0; i < count; i++) dirtyPages += runs[2 * i + 1]!;
-      runCount += count;
-      handed.push([runs[0]!, runs[2 * (count - 1)]! + runs[2 * (count - 1) + 1]!]);
-    };
     const clearHanded = () => {
-      for (const [start, end] of handed) engine.sync.clear(bitmap.buffer, start, end);
+      for (const [buffer, start, end] of handed) engine.sync.clear(buffer, start, end);
       handed.length = 0;
     };
     try {
-      try {
-        for await (const chunk of engine.scanRuns(bitmap.buffer, bits)) take(chunk.runs, chunk.count);
-      } catch (error) {
-        if (error instanceof ConsumerError) throw error;
-        // A worker failure the pool could not redo: clear what was handed over, scan the rest on
-        // this thread (so no run is handed over twice).
-        clearHanded();
-        const output = engine.arena.allocate(1 << 20, 64);
-        try {
-          for (let cursor = 0; cursor < bits; ) {
-            const step = engine.sync.scanRuns(bitmap.buffer, bits, cursor, output);
-            cursor = step.cursor;
-            take(step.runs, step.count);
+      for (const segment of bitmap.segments) {
+        const buffer = segment.buffer;
+        const bits = segment.usedBits;
+        if (!buffer || bits === 0) continue;
+        const take = (runs: Uint32Array, count: number) => {
+          if (count === 0) return;
+          try {
+            options.onRuns?.(runs, count, segment.base);
+          } catch (error) {
+            throw new ConsumerError(error);
           }
-        } finally {
-          output.free();
+          for (let i = 0; i < count; i++) dirtyPages += runs[2 * i + 1]!;
+          runCount += count;
+          handed.push([buffer, runs[0]!, runs[2 * (count - 1)]! + runs[2 * (count - 1) + 1]!]);
+        };
+        try {
+          for await (const chunk of engine.scanRuns(buffer, bits)) take(chunk.runs, chunk.count);
+        } catch (error) {
+          if (error instanceof ConsumerError) throw error;
+          // A worker failure the pool could not redo: clear what was handed over, scan the rest
+          // of this segment on this thread (so no run is handed over twice).
+          clearHanded();
+          const output = engine.arena.allocate(1 << 20, 64);
+          try {
+            for (let cursor = 0; cursor < bits; ) {
+              const step = engine.sync.scanRuns(buffer, bits, cursor, output);
+              cursor = step.cursor;
+              take(step.runs, step.count);
+            }
+          } finally {
+            output.free();
+          }
         }
       }
     } catch (error) {
@@ -567,7 +573,7 @@ export class DirtySync {
         const tracker = this.trackers.find((t) => t instanceof Type1Tracker && t.container === container);
         if (!scratch || !tracker) continue;
         type1Scratch.delete(container);
-        const targets = mappings.map((m) => this.bitmap.placementOf(m)).filter((p): p is BitmapPlacement => p !== undefined);
+        const targets = mappings.flatMap((m) => this.bitmap.placementsOf(m));
         merges.push({ tracker, buffer: scratch.buffer, pageSize: scratch.pageSize, iova: scratch.span.iova, bits: Number((scratch.span.size + scratch.pageSize - 1n) / scratch.pageSize), targets });
       }
       this.applyMergesNow(merges);
@@ -605,7 +611,7 @@ export class DirtySync {
       beforeUnmap: (_span, mappings) =>
         this.hold(() => {
           if (!this.running) return;
-          const placements = mappings.map((m) => this.bitmap.placementOf(m)).filter((p): p is BitmapPlacement => p !== undefined);
+          const placements = mappings.flatMap((m) => this.bitmap.placementsOf(m));
           const merges: ScratchMerge[] = [];
           for (const tracker of this.trackers) if (tracker instanceof IommuTracker) tracker.readBeforeUnmap(this.context(), placements, merges);
           this.applyMergesNow(merges);

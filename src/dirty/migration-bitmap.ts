@@ -27,16 +27,37 @@ export class MemoryRegion {
   }
 }
 
-/** Where one mapping's pages sit in the migration bitmap: the bits of the memory behind it. */
+/**
+ * Where (a piece of) one mapping's pages sit in the migration bitmap: the bits of the memory
+ * behind it. A mapping whose bits cross a segment edge is placed as one piece per segment.
+ */
 export interface BitmapPlacement {
   readonly mapping: Mapping;
   readonly region: MemoryRegion;
+  /** IOVA and size of this piece. */
   readonly iova: bigint;
   readonly size: bigint;
-  /** First bit: the region's bit plus the mapping's memory offset in pages. */
+  /** The segment's buffer, and the first bit in it (what the engine and the kernel are given). */
+  readonly buffer: ArenaBuffer;
   readonly bit: number;
   readonly bits: number;
+  /** The first bit in the whole bitmap (segment base + bit): what rangesOfRun takes. */
+  readonly globalBit: number;
 }
+
+/** One buffer of the migration bitmap: the engine's kernels index bits with 32-bit numbers. */
+export interface Segment {
+  /** First bit of the whole bitmap in this segment. */
+  readonly base: number;
+  readonly bits: number;
+  /** Allocated when a region first needs it. */
+  buffer: ArenaBuffer | undefined;
+  /** Bits in use: up to the end of the last region piece in the segment. */
+  usedBits: number;
+}
+
+/** Bits per segment: 2^31 (256 MiB of bitmap, 8 TiB of guest at 4 KiB pages). */
+export const SEGMENT_BITS = 2 ** 31;
 
 /**
  * A run of the migration bitmap, translated: which memory, where in it, and where that memory is
@@ -69,12 +90,12 @@ export interface Reservation {
  * translate IOVAs to (memory, offset): every source's bits land in the memory they cover.
  */
 export class MigrationBitmap {
-  readonly buffer: ArenaBuffer;
   /** Capacity in bits. */
   readonly bits: number;
+  readonly segments: Segment[] = [];
   private readonly regionList: MemoryRegion[] = [];
   private readonly byMemory = new Map<HostMemory, MemoryRegion>();
-  private readonly placementMap = new Map<Mapping, BitmapPlacement>();
+  private readonly placementMap = new Map<Mapping, BitmapPlacement[]>();
   /** Free bit ranges [start, end), sorted, word-aligned. */
   private free: { start: number; end: number }[];
   private nextIndex = 0;
@@ -85,14 +106,56 @@ export class MigrationBitmap {
     }
     const pages = (capacityBytes + pageSize - 1n) / pageSize;
     if (pages <= 0n) throw new InvalidArgumentError('capacityBytes', 'must be at least one page');
-    // Runs are (start, length) pairs of u32: the bitmap holds at most 2^32 - 64 bits.
-    if (pages > 0xffffffc0n) {
-      throw new InvalidArgumentError('capacityBytes', `0x${capacityBytes.toString(16)} bytes is ${pages} pages of 0x${pageSize.toString(16)}; the migration bitmap holds at most 2^32 - 64 pages (use a larger migration page size)`);
+    // Segments live in one shared WebAssembly memory of at most 4 GiB, beside the other buffers.
+    if (pages > 3n << 33n) {
+      throw new InvalidArgumentError('capacityBytes', `0x${capacityBytes.toString(16)} bytes is ${pages} pages of 0x${pageSize.toString(16)}; the migration bitmap holds at most 3 GiB of bits (2^35 * 0.75 pages): use a larger migration page size`);
     }
     const bits = Number((pages + 63n) / 64n) * 64;
     this.bits = bits;
-    this.buffer = engine.arena.allocate(bits / 8, 64);
+    for (let base = 0; base < bits; base += SEGMENT_BITS) this.segments.push({ base, bits: Math.min(SEGMENT_BITS, bits - base), buffer: undefined, usedBits: 0 });
     this.free = [{ start: 0, end: bits }];
+  }
+
+  /**
+   * The first segment's buffer, for a bitmap of one segment (guests below 8 TiB at 4 KiB pages).
+   * @deprecated Bitmaps of more than 2^31 pages have several: use `segments`.
+   */
+  get buffer(): ArenaBuffer {
+    return this.segmentBuffer(0);
+  }
+
+  /** A segment's buffer, allocated (and zeroed) on first use. */
+  segmentBuffer(index: number): ArenaBuffer {
+    const segment = this.segments[index]!;
+    if (!segment.buffer) {
+      const buffer = this.engine.arena.allocate(segment.bits / 8, 64);
+      buffer.bytes().fill(0);
+      segment.buffer = buffer;
+    }
+    return segment.buffer;
+  }
+
+  /** Calls `visit` for each segment piece of bits [start, start + count) of the whole bitmap. */
+  private pieces(start: number, count: number, visit: (segment: number, bit: number, bits: number, globalBit: number) => void): void {
+    let at = start;
+    const end = start + count;
+    while (at < end) {
+      const index = Math.floor(at / SEGMENT_BITS);
+      const segment = this.segments[index]!;
+      const stop = Math.min(end, segment.base + segment.bits);
+      visit(index, at - segment.base, stop - at, at);
+      at = stop;
+    }
+  }
+
+  private recomputeUsed(): void {
+    for (const segment of this.segments) segment.usedBits = 0;
+    for (const region of this.regionList) {
+      this.pieces(region.bit, region.span, (index, bit, bits) => {
+        const segment = this.segments[index]!;
+        segment.usedBits = Math.max(segment.usedBits, bit + bits);
+      });
+    }
   }
 
   /** Regions in bit order. */
@@ -110,13 +173,19 @@ export class MigrationBitmap {
     return last ? last.bit + last.span : 0;
   }
 
-  /** Placements of the live mappings, in IOVA order. */
+  /** Placements (pieces) of the live mappings, in IOVA order. */
   get placements(): BitmapPlacement[] {
-    return [...this.placementMap.values()].sort((a, b) => (a.iova < b.iova ? -1 : a.iova > b.iova ? 1 : 0));
+    return [...this.placementMap.values()].flat().sort((a, b) => (a.iova < b.iova ? -1 : a.iova > b.iova ? 1 : 0));
   }
 
+  /** The pieces of a live mapping (one unless its bits cross a segment edge). */
+  placementsOf(mapping: Mapping): readonly BitmapPlacement[] {
+    return this.placementMap.get(mapping) ?? [];
+  }
+
+  /** @deprecated A mapping may have several pieces: use placementsOf. */
   placementOf(mapping: Mapping): BitmapPlacement | undefined {
-    return this.placementMap.get(mapping);
+    return this.placementMap.get(mapping)?.[0];
   }
 
   /**
@@ -139,24 +208,29 @@ export class MigrationBitmap {
     }
     const slot = this.free[index]!;
     const region = new MemoryRegion(mapping.memory, slot.start, pages, this.nextIndex++);
+    // Buffers first: if one cannot be had, nothing is taken.
+    this.pieces(region.bit, need, (segment) => this.segmentBuffer(segment));
     if (slot.end - slot.start === need) this.free.splice(index, 1);
     else slot.start += need;
     // Listed now so a second reservation of the same memory finds it; its bits are clean.
     this.insertRegion(region);
+    this.recomputeUsed();
     return { mapping, region, newRegion: true };
   }
 
   /** The kernel mapped it: the mapping translates into its region from now on. */
-  commit(reservation: Reservation): BitmapPlacement {
+  commit(reservation: Reservation): readonly BitmapPlacement[] {
     const { mapping, region } = reservation;
-    const placement: BitmapPlacement = {
-      mapping, region, iova: mapping.iova, size: mapping.size,
-      bit: region.bit + Number(mapping.memoryOffset / this.pageSize), bits: Number(mapping.size / this.pageSize),
-    };
-    this.placementMap.set(mapping, placement);
+    const first = region.bit + Number(mapping.memoryOffset / this.pageSize);
+    const pieces: BitmapPlacement[] = [];
+    this.pieces(first, Number(mapping.size / this.pageSize), (segment, bit, bits, globalBit) => {
+      const iova = mapping.iova + BigInt(globalBit - first) * this.pageSize;
+      pieces.push({ mapping, region, iova, size: BigInt(bits) * this.pageSize, buffer: this.segmentBuffer(segment), bit, bits, globalBit });
+    });
+    this.placementMap.set(mapping, pieces);
     region.mappings.push(mapping);
     region.mappings.sort((a, b) => (a.memoryOffset < b.memoryOffset ? -1 : a.memoryOffset > b.memoryOffset ? 1 : 0));
-    return placement;
+    return pieces;
   }
 
   /** The kernel refused the map: a region made for it goes again. */
@@ -165,13 +239,13 @@ export class MigrationBitmap {
   }
 
   /** The mapping is gone; its memory keeps its bits (they may be dirty and not sent yet). */
-  remove(mapping: Mapping): BitmapPlacement | undefined {
-    const placement = this.placementMap.get(mapping);
-    if (!placement) return undefined;
+  remove(mapping: Mapping): readonly BitmapPlacement[] {
+    const pieces = this.placementMap.get(mapping);
+    if (!pieces) return [];
     this.placementMap.delete(mapping);
-    const list = placement.region.mappings;
+    const list = pieces[0]!.region.mappings;
     list.splice(list.indexOf(mapping), 1);
-    return placement;
+    return pieces;
   }
 
   /**
@@ -181,18 +255,29 @@ export class MigrationBitmap {
   releaseIdle(): void {
     for (const region of [...this.regionList]) {
       if (region.mappings.length || !region.memory.released) continue;
-      if (this.engine.sync.popcount(this.buffer, region.bit, region.bit + region.pages) === 0) this.releaseRegion(region);
+      let set = 0;
+      this.pieces(region.bit, region.pages, (segment, bit, bits) => {
+        set += this.engine.sync.popcount(this.segmentBuffer(segment), bit, bit + bits);
+      });
+      if (set === 0) this.releaseRegion(region);
     }
   }
 
   /** Sets every bit of a placement: all its pages are dirty. */
   markPlacement(placement: BitmapPlacement): void {
-    this.engine.sync.setRange(this.buffer, placement.bit, placement.bit + placement.bits);
+    this.engine.sync.setRange(placement.buffer, placement.bit, placement.bit + placement.bits);
   }
 
   /** Sets every bit of a region: the whole memory is dirty. */
   markRegion(region: MemoryRegion): void {
-    this.engine.sync.setRange(this.buffer, region.bit, region.bit + region.pages);
+    this.markBits(region.bit, region.pages);
+  }
+
+  /** Sets bits [start, start + count) of the whole bitmap. */
+  markBits(start: number, count: number): void {
+    this.pieces(start, count, (segment, bit, bits) => {
+      this.engine.sync.setRange(this.segmentBuffer(segment), bit, bit + bits);
+    });
   }
 
   /**
@@ -239,14 +324,18 @@ export class MigrationBitmap {
     return ranges;
   }
 
-  /** A view of bits [bit, bit + bits) where the kernel writes them; `bit` must be a multiple of 64. */
-  view(bit: number, bits: number): Uint8Array {
-    if (bit % 64 !== 0) throw new RangeError(`bit ${bit} is not on a u64 word`);
-    return new Uint8Array(this.buffer.arena.memory.buffer, this.buffer.offset + bit / 8, Math.ceil(bits / 64) * 8);
+  /** A view of a placement's bits where the kernel writes them; its bit must be a multiple of 64. */
+  view(placement: BitmapPlacement): Uint8Array {
+    if (placement.bit % 64 !== 0) throw new RangeError(`bit ${placement.bit} is not on a u64 word`);
+    const buffer = placement.buffer;
+    return new Uint8Array(buffer.arena.memory.buffer, buffer.offset + placement.bit / 8, Math.ceil(placement.bits / 64) * 8);
   }
 
   close(): void {
-    this.buffer.free();
+    for (const segment of this.segments) {
+      segment.buffer?.free();
+      segment.buffer = undefined;
+    }
     this.regionList.length = 0;
     this.byMemory.clear();
     this.placementMap.clear();
@@ -268,7 +357,7 @@ export class MigrationBitmap {
     this.regionList.splice(at, 1);
     this.byMemory.delete(region.memory);
     // Cleared so that the next memory placed here starts clean.
-    this.engine.sync.clear(this.buffer, region.bit, region.bit + region.span);
+    this.pieces(region.bit, region.span, (segment, bit, bits) => this.engine.sync.clear(this.segmentBuffer(segment), bit, bit + bits));
     this.free.push({ start: region.bit, end: region.bit + region.span });
     this.free.sort((a, b) => a.start - b.start);
     const merged: { start: number; end: number }[] = [];
@@ -278,5 +367,6 @@ export class MigrationBitmap {
       else merged.push({ ...f });
     }
     this.free = merged;
+    this.recomputeUsed();
   }
 }

@@ -69,7 +69,7 @@ export abstract class Tracker {
 
   /** A source that only sets bits writes straight into the migration bitmap when the placement is on a word. */
   protected direct(context: TrackerContext, placement: BitmapPlacement): Uint8Array | undefined {
-    return placement.bit % 64 === 0 ? context.bitmap.view(placement.bit, placement.bits) : undefined;
+    return placement.bit % 64 === 0 ? context.bitmap.view(placement) : undefined;
   }
 }
 

@@ -269,9 +269,9 @@ export class Migration {
   private async sendRound(_index: number): Promise<{ pages: number; zeroPages: number; ramBytes: number }> {
     const runs: { region: number; offset: bigint; length: bigint }[] = [];
     const round = await this.sync.round({
-      onRuns: (chunk, count) => {
+      onRuns: (chunk, count, base) => {
         for (let i = 0; i < count; i++) {
-          for (const range of this.sync.rangesOfRun(chunk[2 * i]!, chunk[2 * i + 1]!)) {
+          for (const range of this.sync.rangesOfRun(base + chunk[2 * i]!, chunk[2 * i + 1]!)) {
             const region = this.regionOf.get(range.memory);
             if (region === undefined) throw new InvalidArgumentError('memories', `memory at 0x${range.memory.address.toString(16)} is mapped for DMA but is not one of the guest's RAM regions`);
             runs.push({ region, offset: range.offset, length: range.length });

@@ -300,6 +300,43 @@ export class GuestWorkload {
     return { lost, extra, firstLost };
   }
 
+  /**
+   * Pages of the ground truth that none of `ranges` (IOVA byte ranges, any order) covers: the cost
+   * is the truth's set pages and the ranges, never the guest's size.
+   */
+  lostAgainst(ranges: readonly { readonly iova: bigint; readonly length: bigint }[], truth: ChunkedBitmap = this.truth): number {
+    const sorted = ranges.map((r) => [Number(r.iova), Number(r.iova + r.length)] as const).sort((a, b) => a[0] - b[0]);
+    // Merge into disjoint ranges, then binary-search each dirty page.
+    const starts: number[] = [];
+    const ends: number[] = [];
+    for (const [start, end] of sorted) {
+      if (ends.length && start <= ends[ends.length - 1]!) ends[ends.length - 1] = Math.max(ends[ends.length - 1]!, end);
+      else {
+        starts.push(start);
+        ends.push(end);
+      }
+    }
+    const guestPage = Number(this.pageSize);
+    let lost = 0;
+    for (const range of this.layout) {
+      const base = Number(range.iova);
+      truth.forEachSetRun(range.firstPage, range.firstPage + range.pages, (first, end) => {
+        for (let page = first; page < end; page++) {
+          const at = base + (page - range.firstPage) * guestPage;
+          let low = 0;
+          let high = starts.length;
+          while (low < high) {
+            const middle = (low + high) >>> 1;
+            if (starts[middle]! <= at) low = middle + 1;
+            else high = middle;
+          }
+          if (low === 0 || ends[low - 1]! < at + guestPage) lost++;
+        }
+      });
+    }
+    return lost;
+  }
+
   /** Whether a guest page in [iova + from, iova + to) bytes is dirty. */
   private anyDirty(truth: ChunkedBitmap, iova: bigint, from: number, to: number): boolean {
     const guestPage = Number(this.pageSize);
