@@ -105,8 +105,29 @@ int main(int argc, char **argv) {
     double t3 = now_ms();
     round[it] = t3 - t0; query[it] = t1 - t0; merge[it] = t2 - t1; scan[it] = t3 - t2;
   }
-  printf("{\"roundMs\":%.4f,\"phases\":{\"queryMs\":%.4f,\"mergeMs\":%.4f,\"scanMs\":%.4f},\"newlyDirtyPages\":%llu,\"runs\":%llu,\"samples\":%d}\n",
+  // The memory bandwidth in the same run, over bitmaps of the same size (one thread, one stream):
+  // read sums the words, write stores them; the bench's physical limit is computed from these.
+  double *reads = calloc(iterations, sizeof(double)), *writes = calloc(iterations, sizeof(double));
+  volatile u64 sink = 0;
+  for (int it = 0; it < iterations; it++) {
+    double t0 = now_ms();
+    u64 s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const u64 *p = pristine[0];
+    size_t i = 0;
+    for (; i + 4 <= words; i += 4) { s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3]; }
+    for (; i < words; i++) s0 += p[i];
+    sink += s0 + s1 + s2 + s3;
+    double t1 = now_ms();
+    for (i = 0; i < words; i++) migration[i] = (u64)it;
+    double t2 = now_ms();
+    reads[it] = t1 - t0;
+    writes[it] = t2 - t1;
+  }
+  double bytes = (double)words * 8;
+  printf("{\"roundMs\":%.4f,\"phases\":{\"queryMs\":%.4f,\"mergeMs\":%.4f,\"scanMs\":%.4f},\"newlyDirtyPages\":%llu,\"runs\":%llu,\"samples\":%d,"
+         "\"readGBps\":%.3f,\"writeGBps\":%.3f,\"sink\":%llu}\n",
          median(round, iterations), median(query, iterations), median(merge, iterations), median(scan, iterations),
-         (unsigned long long)newly, (unsigned long long)runs, iterations);
+         (unsigned long long)newly, (unsigned long long)runs, iterations,
+         bytes / (median(reads, iterations) * 1e6), bytes / (median(writes, iterations) * 1e6), (unsigned long long)(sink & 1));
   return 0;
 }
