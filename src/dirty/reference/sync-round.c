@@ -2,7 +2,8 @@
 // -O3 -march=native. Count the migration bitmap's set bits; per source, the kernel's
 // read-and-clear straight into the migration bitmap (OR the dirty words in, zero them in the
 // kernel's state: HWPT dirty bitmaps and DMA logging reports only set bits, so the kernel's OR
-// is the merge); then scan the migration bitmap into runs in a reused chunk, counting its pages.
+// is the merge); then scan the migration bitmap into runs in a reused chunk, counting its pages,
+// word by word with the engine's algorithm.
 // Newly dirty pages are the count after less the count before.
 // Usage: sync-round PAGES DENSITY SOURCES ITERATIONS SEED -> one JSON line of medians.
 #define _GNU_SOURCE
@@ -81,26 +82,34 @@ int main(int argc, char **argv) {
     double t2 = t1; // no merge pass: the kernel's OR was it
     runs = 0;
     u64 after = 0;
-    u32 n = 0;
-    int open = 0;
-    u64 start = 0;
-    // Transitions found with count-trailing-zeros: runs cost per run, not per bit.
+    // Word by word, as the engine's scan (assembly/scan.ts): with c the last bit of the
+    // previous word, starts are w & ~(w << 1 | c) and ends (one past) ~w & (w << 1 | c). The
+    // chunk wraps as a consumer taking full chunks would see it; an end writes the length of
+    // the oldest open run from the start already in its slot.
+    u64 n = 0, m = 0, carry = 0;
     for (size_t i = 0; i < words; i++) {
       u64 w = migration[i];
-      if (open ? w == ~0ULL : w == 0) continue;
-      int pos = 0;
-      while (pos < 64) {
-        u64 m = (open ? ~w : w) >> pos;
-        if (!m) break;
-        pos += __builtin_ctzll(m);
-        if (!open) { open = 1; start = i * 64 + pos; }
-        else {
-          open = 0; out[2 * n] = (u32)start; out[2 * n + 1] = (u32)(i * 64 + pos - start); runs++; after += i * 64 + pos - start;
-          if (++n == CHUNK) n = 0; // the consumer takes a full chunk
-        }
+      if ((w | carry) == 0) continue;
+      u64 before = w << 1 | carry;
+      u64 starts = w & ~before, ends = ~w & before;
+      carry = w >> 63;
+      u32 base = (u32)(i * 64);
+      while (starts) { out[2 * (n & (CHUNK - 1))] = base + (u32)__builtin_ctzll(starts); n++; starts &= starts - 1; }
+      while (ends) {
+        u32 *slot = out + 2 * (m & (CHUNK - 1));
+        slot[1] = base + (u32)__builtin_ctzll(ends) - slot[0];
+        after += slot[1];
+        m++;
+        ends &= ends - 1;
       }
     }
-    if (open) { out[2 * n] = (u32)start; out[2 * n + 1] = (u32)(words * 64 - start); runs++; after += words * 64 - start; }
+    if (n > m) {
+      u32 *slot = out + 2 * (m & (CHUNK - 1));
+      slot[1] = (u32)(words * 64) - slot[0];
+      after += slot[1];
+      m++;
+    }
+    runs = m;
     newly = after - before;
     double t3 = now_ms();
     round[it] = t3 - t0; query[it] = t1 - t0; merge[it] = t2 - t1; scan[it] = t3 - t2;
