@@ -166,15 +166,25 @@ export function runsWritten(): u32 {
 }
 
 // Runs in words [firstWord, lastWord] (inclusive) with the first and last word
-// masked (peeled off). The words between go by blocks of 64 with a mask of
-// their nonzero words, as the index scan does: a zero word ends an open run
-// and starts none, so only nonzero words need a look. Returns false when the
-// output filled (resultCursor is then set).
+// masked (peeled off), word by word rather than run by run: with c the last
+// bit of the previous word, a word's run starts are x & ~(x << 1 | c) and its
+// run ends (one past the last bit) ~x & (x << 1 | c), both emitted with ctz
+// loops whose first four stores are unconditional, so a word costs a few
+// mispredictions at most whatever its runs. An all-ones word inside a run has
+// neither and costs nothing. Starts of a word are written before its ends; an
+// end writes the length of the oldest open run (slot m) from the start already
+// there. The words between the peeled ones go by blocks of 64 with a mask of
+// their nonzero words: a zero word ends an open run and starts none.
+// Near the end of the output (fewer than RUN_SLACK runs free) the exact
+// run-by-run path takes over, so a full output stops at the same run.
+// Returns false when the output filled (resultCursor is then set).
+const RUN_SLACK: u32 = 34;
+
 export function runsInWords(
   bitmap: usize, firstWord: u32, lastWord: u32, headMask: u64, tailMask: u64, out: usize, capacity: u32,
 ): bool {
-  if (firstWord == lastWord) return runsWord(loadWord(bitmap, firstWord) & headMask & tailMask, firstWord << 6, out, capacity);
-  if (!runsWord(loadWord(bitmap, firstWord) & headMask, firstWord << 6, out, capacity)) return false;
+  if (firstWord == lastWord) return runsAt(bitmap, firstWord, headMask & tailMask, out, capacity);
+  if (!runsAt(bitmap, firstWord, headMask, out, capacity)) return false;
   let previous = firstWord;
   let w = firstWord + 1;
   const zero = i64x2.splat(0);
@@ -192,6 +202,70 @@ export function runsInWords(
     for (; i < blockWords; i++) {
       if (load<u64>(block + (<usize>i << 3)) != 0) nonzero |= <u64>1 << <u64>i;
     }
+    if (nonzero != 0 && capacity - runCount >= RUN_SLACK) {
+      // Word-wise: the state lives in locals and in the output itself.
+      let m = runCount;
+      let n = m;
+      let carry: u64 = 0;
+      if (runOpen) {
+        if (w != previous + 1) {
+          // The run open after `previous` ends at the zero word after it.
+          emitRun(out, capacity, runStart, (previous + 1) << 6);
+          runOpen = false;
+          m = runCount;
+          n = m;
+        } else {
+          store<u32>(out + (<usize>m << 3), runStart);
+          n = m + 1;
+          carry = 1;
+        }
+      }
+      while (nonzero != 0 && capacity - n >= RUN_SLACK) {
+        const word = w + <u32>ctz<u64>(nonzero);
+        if (word != previous + 1 && carry != 0) {
+          const q = out + (<usize>m << 3);
+          store<u32>(q, ((previous + 1) << 6) - load<u32>(q), 4);
+          m++;
+          carry = 0;
+        }
+        const x = loadWord(bitmap, word);
+        const before = x << 1 | carry;
+        const base = word << 6;
+        let starts = x & ~before;
+        let ends = ~x & before;
+        carry = x >>> 63;
+        const startCount = <u32>popcnt<u64>(starts);
+        const endCount = <u32>popcnt<u64>(ends);
+        let p = out + (<usize>n << 3);
+        store<u32>(p, base + <u32>ctz<u64>(starts)); starts &= starts - 1;
+        store<u32>(p, base + <u32>ctz<u64>(starts), 8); starts &= starts - 1;
+        store<u32>(p, base + <u32>ctz<u64>(starts), 16); starts &= starts - 1;
+        store<u32>(p, base + <u32>ctz<u64>(starts), 24); starts &= starts - 1;
+        while (starts != 0) {
+          p += 8;
+          store<u32>(p, base + <u32>ctz<u64>(starts), 24);
+          starts &= starts - 1;
+        }
+        n += startCount;
+        let q = out + (<usize>m << 3);
+        store<u32>(q, base + <u32>ctz<u64>(ends) - load<u32>(q), 4); ends &= ends - 1;
+        store<u32>(q, base + <u32>ctz<u64>(ends) - load<u32>(q, 8), 12); ends &= ends - 1;
+        store<u32>(q, base + <u32>ctz<u64>(ends) - load<u32>(q, 16), 20); ends &= ends - 1;
+        store<u32>(q, base + <u32>ctz<u64>(ends) - load<u32>(q, 24), 28); ends &= ends - 1;
+        while (ends != 0) {
+          q += 8;
+          store<u32>(q, base + <u32>ctz<u64>(ends) - load<u32>(q, 24), 28);
+          ends &= ends - 1;
+        }
+        m += endCount;
+        previous = word;
+        nonzero &= nonzero - 1;
+      }
+      runCount = m;
+      runOpen = n > m;
+      if (runOpen) runStart = load<u32>(out + (<usize>m << 3));
+    }
+    // What is left of the block (near the end of the output): run by run.
     while (nonzero != 0) {
       const word = w + <u32>ctz<u64>(nonzero);
       if (word != previous + 1 && !closeRun(previous, out, capacity)) return false;
@@ -202,7 +276,12 @@ export function runsInWords(
     w += blockWords;
   }
   if (lastWord != previous + 1 && !closeRun(previous, out, capacity)) return false;
-  return runsWord(loadWord(bitmap, lastWord) & tailMask, lastWord << 6, out, capacity);
+  return runsAt(bitmap, lastWord, tailMask, out, capacity);
+}
+
+// One peeled (masked) word, run by run.
+@inline function runsAt(bitmap: usize, word: u32, mask: u64, out: usize, capacity: u32): bool {
+  return runsWord(loadWord(bitmap, word) & mask, word << 6, out, capacity);
 }
 
 // A run still open after word `previous` ends at the zero word that follows it.

@@ -1,6 +1,9 @@
 // `vfio-iommufd bench sync`: one DirtySync round end to end (simulated kernel -> engine -> runs)
-// for large guests with two dirty sources, against the same work in C (-O3 -march=native),
-// measured in the same run. Statistics by tinybench (round) and simple-statistics (phases).
+// for large guests with two dirty sources, against the same work in C (-O3 -march=native, one
+// thread), measured in the same run: ours on the calling thread (workers 0) and on the default
+// workers, each against the single-threaded C, and the physical limit (the bitmap bytes a round
+// must read and the run bytes it must write, at the bandwidth the C side measures in the same
+// run). Statistics by tinybench (round) and simple-statistics (phases).
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
@@ -21,6 +24,10 @@ export interface SyncBenchResult {
   readonly density: number;
   readonly sources: number;
   readonly impl: 'vfio-iommufd' | 'c-reference';
+  /** Engine worker threads: 0 = everything on the calling thread (the C reference: 0, one thread). */
+  readonly workers: number;
+  /** Runs the round's scan wrote. */
+  readonly runs: number;
   /** Median time of one round. */
   readonly roundMs: number;
   /** Median time of each phase. */
@@ -30,9 +37,30 @@ export interface SyncBenchResult {
   readonly dirtyPages: number;
 }
 
+/**
+ * The physical limit of one round of a case: each source's kernel bitmap and the migration
+ * bitmap read once, the runs written once (8 bytes each), at the bandwidth measured by the C
+ * side in the same run (one thread, one stream).
+ */
+export interface SyncBenchLimit {
+  readonly guestBytes: number;
+  readonly density: number;
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
+  readonly readGBps: number;
+  readonly writeGBps: number;
+  readonly limitMs: number;
+}
+
 export interface SyncBenchReport {
-  readonly machine: { cpu: string; cores: number; node: string; gcc: string | null; workers: number; loadAverage: { start: number; end: number } };
+  readonly machine: {
+    cpu: string; cores: number; node: string; gcc: string | null;
+    /** The worker counts measured (0 = the calling thread). */
+    workers: number[];
+    loadAverage: { start: number; end: number };
+  };
   readonly results: SyncBenchResult[];
+  readonly limits: SyncBenchLimit[];
   readonly notes: string[];
 }
 
@@ -66,11 +94,13 @@ async function benchOurs(guestBytes: bigint, density: number, workers: number, i
   );
   const phases: RoundPhases[] = [];
   let dirtyPages = 0;
+  let runs = 0;
   const bench = new Bench({ iterations, time: 0, warmupIterations: 1, warmupTime: 0, throws: true });
   bench.add('round', async () => {
     const round = await sync.round();
     phases.push(round.phases);
     dirtyPages = round.dirtyPages;
+    runs = round.runCount;
   }, {
     // Untimed: the consumer sent the last round, the guest dirtied its pages again.
     beforeEach: async () => {
@@ -88,7 +118,7 @@ async function benchOurs(guestBytes: bigint, density: number, workers: number, i
   if (!result || !('latency' in result)) throw new Error('the sync round benchmark did not complete');
   const measured = phases.slice(-result.latency.samplesCount);
   return {
-    guestBytes: Number(guestBytes), density, sources: 2, impl: 'vfio-iommufd',
+    guestBytes: Number(guestBytes), density, sources: 2, impl: 'vfio-iommufd', workers, runs,
     roundMs: result.latency.p50 ?? result.latency.mean,
     phases: {
       queryMs: median(measured.map((p) => p.queryMs)),
@@ -115,16 +145,31 @@ function buildReference(directory: string, notes: string[]): string | undefined 
   return binary;
 }
 
-function benchReference(binary: string, guestBytes: bigint, density: number, iterations: number): SyncBenchResult {
+function benchReference(binary: string, guestBytes: bigint, density: number, iterations: number): { result: SyncBenchResult; limit: SyncBenchLimit } {
   // The guest's pages, without the x86 hole (the C side has one flat bitmap of the same size).
   const pages = guestBytes / PAGE;
   const run = spawnSync(binary, [String(pages), String(density), '2', String(Math.max(3, iterations)), '7'], { encoding: 'utf8', maxBuffer: 1 << 20 });
   if (run.status !== 0) throw new Error(`the C reference failed: ${run.stderr}`);
-  const out = JSON.parse(run.stdout.trim()) as { roundMs: number; phases: RoundPhases; newlyDirtyPages: number; samples: number };
-  return { guestBytes: Number(guestBytes), density, sources: 2, impl: 'c-reference', roundMs: out.roundMs, phases: out.phases, samples: out.samples, dirtyPages: out.newlyDirtyPages };
+  const out = JSON.parse(run.stdout.trim()) as {
+    roundMs: number; phases: RoundPhases; newlyDirtyPages: number; runs: number; samples: number; readGBps: number; writeGBps: number;
+  };
+  const bitmapBytes = Number((pages + 63n) / 64n) * 8;
+  const bytesRead = bitmapBytes * 3; // two sources' kernel bitmaps and the migration bitmap
+  const bytesWritten = out.runs * 8;
+  return {
+    result: {
+      guestBytes: Number(guestBytes), density, sources: 2, impl: 'c-reference', workers: 0, runs: out.runs,
+      roundMs: out.roundMs, phases: out.phases, samples: out.samples, dirtyPages: out.newlyDirtyPages,
+    },
+    limit: {
+      guestBytes: Number(guestBytes), density, bytesRead, bytesWritten, readGBps: out.readGBps, writeGBps: out.writeGBps,
+      limitMs: (bytesRead / (out.readGBps * 1e9) + bytesWritten / (out.writeGBps * 1e9)) * 1e3,
+    },
+  };
 }
 
-export async function runSyncBench(options: { guests: bigint[]; densities: number[]; workers: number; iterations: number; onStep?: (label: string) => void }): Promise<SyncBenchReport> {
+export async function runSyncBench(options: { guests: bigint[]; densities: number[]; workers: number | number[]; iterations: number; onStep?: (label: string) => void }): Promise<SyncBenchReport> {
+  const workerCounts = typeof options.workers === 'number' ? [options.workers] : options.workers;
   const notes: string[] = [];
   const directory = mkdtempSync(join(tmpdir(), 'vfio-iommufd-sync-'));
   const loadStart = loadavg()[0]!;
@@ -132,20 +177,28 @@ export async function runSyncBench(options: { guests: bigint[]; densities: numbe
   try {
     const binary = buildReference(directory, notes);
     const results: SyncBenchResult[] = [];
+    const limits: SyncBenchLimit[] = [];
     for (const guest of options.guests) {
       for (const density of options.densities) {
-        options.onStep?.(`${formatBytes(guest)} at ${(density * 100).toFixed(1)} %`);
-        results.push(await benchOurs(guest, density, options.workers, options.iterations));
-        if (binary) results.push(benchReference(binary, guest, density, options.iterations));
+        for (const workers of workerCounts) {
+          options.onStep?.(`${formatBytes(guest)} at ${(density * 100).toFixed(1)} %, ${workers} workers`);
+          results.push(await benchOurs(guest, density, workers, options.iterations));
+        }
+        if (binary) {
+          const reference = benchReference(binary, guest, density, options.iterations);
+          results.push(reference.result);
+          limits.push(reference.limit);
+        }
       }
     }
     return {
       machine: {
         cpu: cpus()[0]?.model ?? 'unknown', cores: availableParallelism(), node: process.version,
-        gcc: gcc.status === 0 ? (gcc.stdout.split('\n')[0] ?? 'gcc') : null, workers: options.workers,
+        gcc: gcc.status === 0 ? (gcc.stdout.split('\n')[0] ?? 'gcc') : null, workers: workerCounts,
         loadAverage: { start: loadStart, end: loadavg()[0]! },
       },
       results,
+      limits,
       notes,
     };
   } finally {
@@ -159,7 +212,7 @@ export function registerBenchSync(bench: Command): void {
     .description('one DirtySync round end to end (simulated kernel -> engine -> runs), 2 sources, against the same work in C')
     .option('--guest <sizes>', 'guest sizes, comma-separated', '64GiB,1TiB,4TiB')
     .option('--density <fractions>', 'dirty fractions per source, comma-separated', '0.001,0.01,0.05')
-    .option('--workers <n>', 'engine worker threads', String(availableParallelism()))
+    .option('--workers <list>', 'engine worker threads to measure, comma-separated (0 = the calling thread)', `0,${availableParallelism()}`)
     .option('--iterations <n>', 'measured rounds per case', '5')
     .option('--json', 'print one JSON document')
     .action(async (flags: { guest: string; density: string; workers: string; iterations: string; json?: boolean }) => {
@@ -167,32 +220,36 @@ export function registerBenchSync(bench: Command): void {
       for (const guest of guests) if (guest < 8n << 30n || guest % (2n << 20n) !== 0n) throw new UsageError('--guest: each size must be at least 8GiB and a multiple of 2MiB');
       const densities = flags.density.split(',').map(Number);
       for (const d of densities) if (!(d > 0 && d <= 0.5)) throw new UsageError(`--density: ${d} must be a fraction in (0, 0.5]`);
-      const steps = guests.length * densities.length;
+      const workerCounts = [...new Set(flags.workers.split(',').map((text) => (text.trim() === '0' ? 0 : parseCount('--workers', text.trim()))))];
+      const steps = guests.length * densities.length * workerCounts.length;
       const bar = progress(steps, 'bench sync', !flags.json);
       let done = 0;
       let report: SyncBenchReport;
       try {
         report = await runSyncBench({
-          guests, densities, workers: parseCount('--workers', flags.workers), iterations: parseCount('--iterations', flags.iterations),
+          guests, densities, workers: workerCounts, iterations: parseCount('--iterations', flags.iterations),
           onStep: (label) => bar.update(done++, label),
         });
       } finally {
         bar.stop();
       }
-      if (flags.json) return printJson({ machine: report.machine, results: report.results, notes: report.notes });
+      if (flags.json) return printJson({ machine: report.machine, results: report.results, limits: report.limits, notes: report.notes });
       const rows: (string | number)[][] = [];
       for (const ours of report.results.filter((r) => r.impl === 'vfio-iommufd')) {
         const c = report.results.find((r) => r.impl === 'c-reference' && r.guestBytes === ours.guestBytes && r.density === ours.density);
+        const limit = report.limits.find((l) => l.guestBytes === ours.guestBytes && l.density === ours.density);
         rows.push([
-          formatBytes(ours.guestBytes), `${(ours.density * 100).toFixed(1)} %`, ours.roundMs.toFixed(1),
+          formatBytes(ours.guestBytes), `${(ours.density * 100).toFixed(1)} %`, ours.workers === 0 ? '0 (calling thread)' : String(ours.workers), ours.roundMs.toFixed(1),
           `${ours.phases.queryMs.toFixed(1)} / ${ours.phases.mergeMs.toFixed(1)} / ${ours.phases.scanMs.toFixed(1)}`,
           c ? c.roundMs.toFixed(1) : '-', c ? `${c.phases.queryMs.toFixed(1)} / ${c.phases.mergeMs.toFixed(1)} / ${c.phases.scanMs.toFixed(1)}` : '-',
           c ? `${(ours.roundMs / c.roundMs).toFixed(2)}x` : '-',
+          limit ? limit.limitMs.toFixed(1) : '-', limit ? `${(ours.roundMs / limit.limitMs).toFixed(2)}x` : '-',
         ]);
       }
       const m = report.machine;
-      process.stdout.write(`${m.cpu}, ${m.cores} cores, ${m.workers} workers, node ${m.node}, ${m.gcc ?? 'no gcc'}; load ${m.loadAverage.start.toFixed(2)} -> ${m.loadAverage.end.toFixed(2)}\n`);
-      process.stdout.write(`${table(['guest', 'dirty/source', 'round ms', 'query/merge/scan ms', 'C round ms', 'C query/merge/scan ms', 'ours / C'], rows)}\n`);
+      process.stdout.write(`${m.cpu}, ${m.cores} cores, node ${m.node}, ${m.gcc ?? 'no gcc'}; load ${m.loadAverage.start.toFixed(2)} -> ${m.loadAverage.end.toFixed(2)}\n`);
+      process.stdout.write('C: one thread. limit: the bitmaps read and the runs written once, at the bandwidth the C side measured in this run.\n');
+      process.stdout.write(`${table(['guest', 'dirty/source', 'workers', 'round ms', 'query/merge/scan ms', 'C round ms', 'C query/merge/scan ms', 'ours / C', 'limit ms', 'ours / limit'], rows)}\n`);
       for (const note of report.notes) process.stdout.write(`note: ${note}\n`);
     });
 }

@@ -110,3 +110,39 @@ describe('Xoshiro128 (xoshiro128** 1.1, SplitMix32-seeded)', () => {
     expect(() => random.nextBelow(0)).toThrow(RangeError);
   });
 });
+
+// The word-wise read-and-clear (GET_DIRTY_BITMAP and DMA logging reports when aligned) against
+// a boolean model: the destination gets the OR of its old bits and the range, the range is
+// cleared only when asked, and every other bit on both sides stays.
+describe('ChunkedBitmap.orInto', () => {
+  const bits = ChunkedBitmap.CHUNK_BITS * 2 + 96;
+  test.prop([
+    fc.array(fc.record({ from: fc.nat(bits), length: fc.nat(3000) }), { minLength: 1, maxLength: 12 }),
+    fc.nat(Math.floor(bits / 32)), fc.nat(Math.floor(bits / 32)), fc.nat(Math.floor(bits / 32)), fc.boolean(), fc.nat(),
+  ], { numRuns: 60 })('ORs the range in, clears it when asked, and leaves the rest', (writes, fromWord, lengthWords, dstWord, clear, tailBits) => {
+    const source = new ChunkedBitmap(bits);
+    const model: boolean[] = new Array<boolean>(bits).fill(false);
+    for (const { from, length } of writes) {
+      const to = Math.min(bits, from + length);
+      source.setRange(from, to);
+      for (let i = from; i < to; i++) model[i] = true;
+    }
+    const from = fromWord * 32;
+    const to = Math.min(bits, from + lengthWords * 32 + (tailBits % 32));
+    const dstBits = Math.ceil((to - from + dstWord * 32) / 32) * 32 + 64;
+    const dst = new Uint8Array(dstBits / 8);
+    const random = new Xoshiro128(tailBits);
+    for (let i = 0; i < dst.length; i++) dst[i] = random.nextBelow(256) & random.nextBelow(256);
+    const before = Uint8Array.from(dst);
+    expect(source.orInto(from, to, dst, dstWord * 32, clear)).toBe(true);
+    for (let bit = 0; bit < dstBits; bit++) {
+      const inRange = bit >= dstWord * 32 && bit < dstWord * 32 + Math.max(0, to - from);
+      const expected = testBit(before, bit) || (inRange && model[from + bit - dstWord * 32] === true);
+      if (testBit(dst, bit) !== expected) expect.fail(`destination bit ${bit}: ${testBit(dst, bit)}, expected ${expected}`);
+    }
+    for (let bit = 0; bit < bits; bit++) {
+      const expected = model[bit] === true && !(clear && bit >= from && bit < to);
+      if (source.test(bit) !== expected) expect.fail(`source bit ${bit}: ${source.test(bit)}, expected ${expected}`);
+    }
+  });
+});

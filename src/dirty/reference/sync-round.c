@@ -2,7 +2,8 @@
 // -O3 -march=native. Count the migration bitmap's set bits; per source, the kernel's
 // read-and-clear straight into the migration bitmap (OR the dirty words in, zero them in the
 // kernel's state: HWPT dirty bitmaps and DMA logging reports only set bits, so the kernel's OR
-// is the merge); then scan the migration bitmap into runs in a reused chunk, counting its pages.
+// is the merge); then scan the migration bitmap into runs in a reused chunk, counting its pages,
+// word by word with the engine's algorithm.
 // Newly dirty pages are the count after less the count before.
 // Usage: sync-round PAGES DENSITY SOURCES ITERATIONS SEED -> one JSON line of medians.
 #define _GNU_SOURCE
@@ -81,32 +82,61 @@ int main(int argc, char **argv) {
     double t2 = t1; // no merge pass: the kernel's OR was it
     runs = 0;
     u64 after = 0;
-    u32 n = 0;
-    int open = 0;
-    u64 start = 0;
-    // Transitions found with count-trailing-zeros: runs cost per run, not per bit.
+    // Word by word, as the engine's scan (assembly/scan.ts): with c the last bit of the
+    // previous word, starts are w & ~(w << 1 | c) and ends (one past) ~w & (w << 1 | c). The
+    // chunk wraps as a consumer taking full chunks would see it; an end writes the length of
+    // the oldest open run from the start already in its slot.
+    u64 n = 0, m = 0, carry = 0;
     for (size_t i = 0; i < words; i++) {
       u64 w = migration[i];
-      if (open ? w == ~0ULL : w == 0) continue;
-      int pos = 0;
-      while (pos < 64) {
-        u64 m = (open ? ~w : w) >> pos;
-        if (!m) break;
-        pos += __builtin_ctzll(m);
-        if (!open) { open = 1; start = i * 64 + pos; }
-        else {
-          open = 0; out[2 * n] = (u32)start; out[2 * n + 1] = (u32)(i * 64 + pos - start); runs++; after += i * 64 + pos - start;
-          if (++n == CHUNK) n = 0; // the consumer takes a full chunk
-        }
+      if ((w | carry) == 0) continue;
+      u64 before = w << 1 | carry;
+      u64 starts = w & ~before, ends = ~w & before;
+      carry = w >> 63;
+      u32 base = (u32)(i * 64);
+      while (starts) { out[2 * (n & (CHUNK - 1))] = base + (u32)__builtin_ctzll(starts); n++; starts &= starts - 1; }
+      while (ends) {
+        u32 *slot = out + 2 * (m & (CHUNK - 1));
+        slot[1] = base + (u32)__builtin_ctzll(ends) - slot[0];
+        after += slot[1];
+        m++;
+        ends &= ends - 1;
       }
     }
-    if (open) { out[2 * n] = (u32)start; out[2 * n + 1] = (u32)(words * 64 - start); runs++; after += words * 64 - start; }
+    if (n > m) {
+      u32 *slot = out + 2 * (m & (CHUNK - 1));
+      slot[1] = (u32)(words * 64) - slot[0];
+      after += slot[1];
+      m++;
+    }
+    runs = m;
     newly = after - before;
     double t3 = now_ms();
     round[it] = t3 - t0; query[it] = t1 - t0; merge[it] = t2 - t1; scan[it] = t3 - t2;
   }
-  printf("{\"roundMs\":%.4f,\"phases\":{\"queryMs\":%.4f,\"mergeMs\":%.4f,\"scanMs\":%.4f},\"newlyDirtyPages\":%llu,\"runs\":%llu,\"samples\":%d}\n",
+  // The memory bandwidth in the same run, over bitmaps of the same size (one thread, one stream):
+  // read sums the words, write stores them; the bench's physical limit is computed from these.
+  double *reads = calloc(iterations, sizeof(double)), *writes = calloc(iterations, sizeof(double));
+  volatile u64 sink = 0;
+  for (int it = 0; it < iterations; it++) {
+    double t0 = now_ms();
+    u64 s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const u64 *p = pristine[0];
+    size_t i = 0;
+    for (; i + 4 <= words; i += 4) { s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3]; }
+    for (; i < words; i++) s0 += p[i];
+    sink += s0 + s1 + s2 + s3;
+    double t1 = now_ms();
+    for (i = 0; i < words; i++) migration[i] = (u64)it;
+    double t2 = now_ms();
+    reads[it] = t1 - t0;
+    writes[it] = t2 - t1;
+  }
+  double bytes = (double)words * 8;
+  printf("{\"roundMs\":%.4f,\"phases\":{\"queryMs\":%.4f,\"mergeMs\":%.4f,\"scanMs\":%.4f},\"newlyDirtyPages\":%llu,\"runs\":%llu,\"samples\":%d,"
+         "\"readGBps\":%.3f,\"writeGBps\":%.3f,\"sink\":%llu}\n",
          median(round, iterations), median(query, iterations), median(merge, iterations), median(scan, iterations),
-         (unsigned long long)newly, (unsigned long long)runs, iterations);
+         (unsigned long long)newly, (unsigned long long)runs, iterations,
+         bytes / (median(reads, iterations) * 1e6), bytes / (median(writes, iterations) * 1e6), (unsigned long long)(sink & 1));
   return 0;
 }

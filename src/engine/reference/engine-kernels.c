@@ -6,6 +6,8 @@
  * present.
  *
  *   engine-bench KERNEL SIZE_BYTES TIME_MS SOURCE_A SOURCE_B
+ *     (KERNEL: merge, merge-count, popcount, scan-indices, scan-runs,
+ *      scan-runs-per-bit, merge-count-scan, resample)
  *   engine-bench bandwidth SIZE_BYTES TIME_MS - -
  *
  * prints one JSON line: {"kernel":..., "medianNs":..., "samples":..., "check":...}
@@ -182,15 +184,66 @@ static inline int close_run(struct runs *r, size_t previous) {
 }
 
 /* Runs in words [first, last_excl), the first word masked (peeled off); the
- * others by blocks of 64 with a mask of their nonzero words, as the index scan. */
+ * others by blocks of 64 with a mask of their nonzero words, as the index scan.
+ * Word by word, as assembly/scan.ts: with c the last bit of the previous word,
+ * starts are x & ~(x << 1 | c) and ends (one past) ~x & (x << 1 | c), written
+ * with ctz loops whose first four stores are unconditional; an end writes the
+ * length of the oldest open run from the start already in its slot. Near the
+ * end of the output (fewer than RUN_SLACK free) the run-by-run path takes over. */
+#define RUN_SLACK 34
+
 static int runs_in_words(struct runs *r, const u64 *bm, size_t first, size_t last_excl, u64 head_mask) {
   if (first >= last_excl) return 1;
   if (!runs_word(r, bm[first] & head_mask, (u32)(first << 6))) return 0;
   size_t previous = first;
+  u32 *out = r->out;
   for (size_t w = first + 1; w < last_excl; w += 64) {
     size_t block = last_excl - w < 64 ? last_excl - w : 64;
     u64 nonzero = 0;
     for (size_t i = 0; i < block; i++) nonzero |= (u64)(bm[w + i] != 0) << i;
+    if (nonzero && r->capacity - r->count >= RUN_SLACK) {
+      u32 m = r->count, n = m;
+      u64 carry = 0;
+      if (r->open) {
+        if (w != previous + 1) {
+          emit_run(r, r->start, (u32)((previous + 1) << 6));
+          r->open = 0;
+          m = n = r->count;
+        } else {
+          out[2 * m] = r->start;
+          n = m + 1;
+          carry = 1;
+        }
+      }
+      while (nonzero && r->capacity - n >= RUN_SLACK) {
+        size_t word = w + (size_t)__builtin_ctzll(nonzero);
+        if (word != previous + 1 && carry) {
+          out[2 * m + 1] = (u32)((previous + 1) << 6) - out[2 * m];
+          m++;
+          carry = 0;
+        }
+        u64 x = bm[word];
+        u64 before = x << 1 | carry;
+        u64 starts = x & ~before, ends = ~x & before;
+        u32 base = (u32)(word << 6);
+        carry = x >> 63;
+        u32 start_count = (u32)__builtin_popcountll(starts), end_count = (u32)__builtin_popcountll(ends);
+        u32 *p = out + 2 * n;
+        /* __builtin_ctzll(0) is undefined: or in a bit past the word (gives 64, as WASM). */
+        for (int k = 0; k < 4; k++) { p[2 * k] = base + (starts ? (u32)__builtin_ctzll(starts) : 64); starts &= starts - 1; }
+        for (int k = 4; starts; k++) { p[2 * k] = base + (u32)__builtin_ctzll(starts); starts &= starts - 1; }
+        n += start_count;
+        u32 *q = out + 2 * m;
+        for (int k = 0; k < 4; k++) { q[2 * k + 1] = base + (ends ? (u32)__builtin_ctzll(ends) : 64) - q[2 * k]; ends &= ends - 1; }
+        for (int k = 4; ends; k++) { q[2 * k + 1] = base + (u32)__builtin_ctzll(ends) - q[2 * k]; ends &= ends - 1; }
+        m += end_count;
+        previous = word;
+        nonzero &= nonzero - 1;
+      }
+      r->count = m;
+      r->open = n > m;
+      if (r->open) r->start = out[2 * m];
+    }
     while (nonzero) {
       size_t word = w + (size_t)__builtin_ctzll(nonzero);
       if (word != previous + 1 && !close_run(r, previous)) return 0;
@@ -201,6 +254,27 @@ static int runs_in_words(struct runs *r, const u64 *bm, size_t first, size_t las
   }
   if (last_excl != previous + 1 && !close_run(r, previous)) return 0;
   return 1;
+}
+
+/* The peer reference: runs found bit by bit, skipping zero words, the class of
+ * QEMU's find_next_bit / find_next_zero_bit loop and cloud-hypervisor's
+ * from_dirty_bitmap. Not resumable: the output holds every run of the bench. */
+static u32 scan_runs_per_bit(const u64 *bm, size_t words, u32 *out, u32 capacity) {
+  u32 count = 0;
+  size_t bits = words << 6;
+  size_t i = 0;
+  while (i < bits) {
+    if (bm[i >> 6] == 0) { i = (i | 63) + 1; continue; }
+    if (!(bm[i >> 6] >> (i & 63) & 1)) { i++; continue; }
+    size_t start = i;
+    while (i < bits && (bm[i >> 6] >> (i & 63) & 1)) i++;
+    /* The output wraps (capacity is a power of two): every run is stored, as the other scans do. */
+    u32 slot = count & (capacity - 1);
+    out[2 * slot] = (u32)start;
+    out[2 * slot + 1] = (u32)(i - start);
+    count++;
+  }
+  return count;
 }
 
 /* Runs from bit `*cursor` (a run start, or 0) to the end; resumable. */
@@ -357,6 +431,9 @@ int main(int argc, char **argv) {
       u32 cursor = 0, end = (u32)(words << 6);
       check = 0;
       do check += scan_runs(a, words, &cursor, out, OUTPUT_ENTRIES); while (cursor < end);
+      sink += out[0];
+    } else if (!strcmp(kernel, "scan-runs-per-bit")) {
+      check = scan_runs_per_bit(a, words, out, OUTPUT_ENTRIES);
       sink += out[0];
     } else if (!strcmp(kernel, "merge-count-scan")) {
       u32 runs = 0, cursor = 0, end = (u32)(words << 6);
