@@ -270,6 +270,8 @@ export interface Kernel {
   openDevice(location: string, options?: KernelOptions): DeviceHandle;
   openLegacyContainer(options?: KernelOptions): LegacyContainerHandle;
   openGroup(groupId: number, options?: KernelOptions): GroupHandle;
+  /** The host's base page size (sysconf(_SC_PAGESIZE)), when the kernel knows it. */
+  readonly systemPageSize?: bigint;
   /** Anonymous host memory for DMA mappings (mmap); held until released. */
   allocateHostMemory(length: bigint): HostMemory;
 }

@@ -143,6 +143,14 @@ export const vfio_device_feature_mig_state = struct('vfio_device_feature_mig_sta
 export const vfio_device_feature_dma_logging_control = struct('vfio_device_feature_dma_logging_control', [
   ['page_size', 'u64'], ['num_ranges', 'u32'], ['__reserved', 'u32'], ['ranges', 'u64'],
 ]);
+/**
+ * The most ranges DMA_LOGGING_START takes: LOG_MAX_RANGES in drivers/vfio/vfio_main.c is
+ * PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range); more is E2BIG.
+ */
+export function dmaLoggingMaxRanges(pageSize: bigint | number): number {
+  return Number(pageSize) / 16;
+}
+
 export const vfio_device_feature_dma_logging_range = struct('vfio_device_feature_dma_logging_range', [
   ['iova', 'u64'], ['length', 'u64'],
 ]);

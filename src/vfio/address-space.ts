@@ -15,7 +15,7 @@ export type IommufdChoice = 'on' | 'off' | 'auto';
 export interface AddressSpaceOptions {
   /** Default backend choice for attach: iommufd on, off (legacy), or auto (iommufd where the kernel and device have it). */
   readonly iommufd?: IommufdChoice;
-  /** Host page size: mappings are aligned to it (default 4 KiB). */
+  /** Host page size: mappings are aligned to it (default: the kernel's, `Kernel.systemPageSize`, else 4 KiB). */
   readonly pageSize?: bigint;
 }
 
@@ -77,7 +77,7 @@ export class AddressSpace {
   readonly pageSize: bigint;
 
   constructor(readonly kernel: Kernel, private readonly options: AddressSpaceOptions = {}) {
-    const pageSize = options.pageSize ?? 4096n;
+    const pageSize = options.pageSize ?? kernel.systemPageSize ?? 4096n;
     if (pageSize <= 0n || (pageSize & (pageSize - 1n)) !== 0n) throw new InvalidArgumentError('pageSize', `must be a power of two, got ${pageSize}`);
     this.pageSize = pageSize;
   }
@@ -221,8 +221,10 @@ export class AddressSpace {
     const place = (container: IommufdContainer) =>
       new Device(name, handle, 'iommufd', container, found, hostIommu, info, dmaLogging, found.groupId);
 
-    // Reuse a container of this iommufd: an attach refused with EINVAL means the IOAS does
-    // not fit the device (aperture, reserved regions); undo that try and take the next one.
+    // Reuse a container of this iommufd: any attach the kernel refuses (EINVAL for an
+    // incompatible domain, EADDRINUSE for an aperture or reserved-region clash, ...) means the
+    // IOAS does not fit the device; undo that try and take the next one, as QEMU's
+    // iommufd_cdev_attach does.
     for (const container of this.iommufdContainers()) {
       const mark = undo.mark;
       try {
@@ -232,7 +234,7 @@ export class AddressSpace {
         return this.adopt(device, container, undo);
       } catch (error) {
         const failures = undo.unwindTo(mark);
-        if (!isKernelError(error, 'EINVAL') || failures.length) throw error;
+        if (!isKernelError(error) || failures.length) throw error;
       }
     }
     const container = this.createIommufdContainer(iommufd, undo);
@@ -394,6 +396,12 @@ export class AddressSpace {
     const overlap = this.mappingList.find((m) => m.iova < span.iova + span.size && span.iova < m.iova + m.size);
     if (overlap) {
       throw new InvalidArgumentError('map', `0x${span.iova.toString(16)}+0x${span.size.toString(16)} overlaps the mapping at 0x${overlap.iova.toString(16)}+0x${overlap.size.toString(16)}; unmap it first`);
+    }
+    // The IOAS alignment grows with the IOMMU page sizes of what is attached (iopt->iova_alignment).
+    for (const container of this.containerList) {
+      if (span.iova % container.alignment !== 0n || span.size % container.alignment !== 0n) {
+        throw new InvalidArgumentError('map', `iova 0x${span.iova.toString(16)} and size 0x${span.size.toString(16)} must be multiples of the container's IOVA alignment 0x${container.alignment.toString(16)}`);
+      }
     }
     const memoryOffset = checkU64('memoryOffset', request.memoryOffset ?? 0n);
     if (request.memory && memoryOffset + span.size > request.memory.length) {

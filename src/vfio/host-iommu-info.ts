@@ -83,10 +83,11 @@ export interface SmmuV3Registers {
   /** Hardware translation table update: none, access flag, or access flag and dirty state. */
   readonly httu: 'none' | 'access' | 'access-dirty';
   readonly dirtyTracking: boolean;
-  /** Input address size, in bits, from IDR5.OAS. */
+  /** Output address size, in bits, from IDR5.OAS (the largest physical address the SMMU emits). */
   readonly outputAddressBits: number;
 }
 
+// IDR5.OAS encodings (SMMUv3 spec 6.3.6; arm-smmu-v3.h IDR5_OAS_32_BIT .. IDR5_OAS_52_BIT).
 const SMMU_OAS_BITS = [32, 36, 40, 42, 44, 48, 52];
 
 export function decodeSmmuV3(idr: readonly number[], iidr: number, aidr: number): SmmuV3Registers {
@@ -109,7 +110,13 @@ export function decodeSmmuV3(idr: readonly number[], iidr: number, aidr: number)
 export interface AmdRegisters {
   readonly efr: bigint;
   readonly efr2: bigint;
+  /** GTSup, EFR bit 4 (FEATURE_GT). */
   readonly guestTranslation: boolean;
+  /** HATS, EFR bits 11:10 (FEATURE_HATS): host page-table levels 4, 5 or 6. */
+  readonly hostPageTableLevels: number;
+  /** The IOVA width the host page table covers: 12 + 9 bits per level, at most 64. */
+  readonly hostAddressBits: number;
+  /** HASup, EFR bit 49. */
   readonly hardwareAccessed: boolean;
   /** HDSup: host dirty-bit support, what Linux's dirty tracking needs. */
   readonly hardwareDirty: boolean;
@@ -118,7 +125,12 @@ export interface AmdRegisters {
 
 export function decodeAmd(efr: bigint, efr2: bigint): AmdRegisters {
   const hardwareDirty = bit(efr, 52);
-  return { efr, efr2, guestTranslation: bit(efr, 2), hardwareAccessed: bit(efr, 49), hardwareDirty, dirtyTracking: hardwareDirty };
+  // The kernel's amd_iommu_hpt_level: PAGE_MODE_4_LEVEL + HATS (HATS 3 is reserved).
+  const hostPageTableLevels = 4 + bits(efr, 10, 2);
+  return {
+    efr, efr2, guestTranslation: bit(efr, 4), hostPageTableLevels, hostAddressBits: Math.min(64, 12 + 9 * hostPageTableLevels),
+    hardwareAccessed: bit(efr, 49), hardwareDirty, dirtyTracking: hardwareDirty,
+  };
 }
 
 export type HostIommuType = 'none' | 'intel-vtd' | 'arm-smmuv3' | 'amd' | 'selftest' | 'unknown';
@@ -168,6 +180,15 @@ export class HostIommuInfo {
       : undefined;
   }
 
+  /**
+   * IOVA bits the host IOMMU's page table translates, from its registers: VT-d MGAW, AMD HATS.
+   * Undefined where the registers do not say it (SMMUv3's IDR5.OAS is the output side;
+   * virtio-iommu and the selftest have no vendor data): the IOVA ranges then bound it.
+   */
+  get addressWidth(): number | undefined {
+    return this.vtd?.mgaw ?? this.amd?.hostAddressBits;
+  }
+
   /** Whether an IOMMU HWPT for this device can track dirty pages: the kernel's capability bit decides. */
   get dirtyTracking(): boolean {
     return this.capabilities.dirtyTracking;
@@ -177,6 +198,7 @@ export class HostIommuInfo {
     const registers = this.vtd ?? this.smmuV3 ?? this.amd;
     return {
       type: this.type,
+      addressWidth: this.addressWidth,
       capabilities: { dirtyTracking: this.capabilities.dirtyTracking, pasidExec: this.capabilities.pasidExec, pasidPriv: this.capabilities.pasidPriv },
       maxPasidLog2: this.maxPasidLog2,
       registers: registers ? JSON.parse(JSON.stringify(registers, (_, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v))) : undefined,

@@ -2,6 +2,7 @@ import * as uapi from '../../uapi/index.js';
 import { InvalidArgumentError, isKernelError } from '../errors.js';
 import type { DeviceHandle, DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, KernelOptions, RegionInfo } from '../types.js';
 import { checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64 } from '../validate.js';
+import { KernelAnswerError } from './errors.js';
 import { IoctlIssuer, structBytes } from './ioctl.js';
 import type { Syscalls } from './libc.js';
 
@@ -11,8 +12,8 @@ const {
   vfio_device_feature_dma_logging_report,
 } = uapi;
 
-/** The most ranges DMA_LOGGING_START takes (PAGE_SIZE / sizeof(range)); more is E2BIG. */
-export const DMA_LOGGING_MAX_RANGES = 4096 / vfio_device_feature_dma_logging_range.size;
+/** @deprecated The limit depends on the page size: uapi.dmaLoggingMaxRanges(pageSize). This is its 4 KiB value. */
+export const DMA_LOGGING_MAX_RANGES = uapi.dmaLoggingMaxRanges(4096);
 
 /** A VFIO device fd: a cdev (`/dev/vfio/devices/vfioN`) or one from VFIO_GROUP_GET_DEVICE_FD. */
 export class LinuxDevice implements DeviceHandle {
@@ -96,14 +97,14 @@ export class LinuxDevice implements DeviceHandle {
     const region = this.regionSpan(index, offset, BigInt(length));
     const buffer = structBytes(length);
     const n = this.io.check(this.io.sys.pread(this.fd, buffer, region + offset), 'pread', { index, offset });
-    if (n !== length) throw new InvalidArgumentError('length', `region ${index} gave ${n} of ${length} bytes at 0x${offset.toString(16)}`);
+    if (n !== length) throw new KernelAnswerError('pread', `region ${index} gave ${n} of ${length} bytes at 0x${offset.toString(16)}`);
     return buffer;
   }
 
   regionWrite(index: number, offset: bigint, data: Uint8Array): void {
     const region = this.regionSpan(index, offset, BigInt(data.byteLength));
     const n = this.io.check(this.io.sys.pwrite(this.fd, data, region + offset), 'pwrite', { index, offset });
-    if (n !== data.byteLength) throw new InvalidArgumentError('data', `region ${index} took ${n} of ${data.byteLength} bytes`);
+    if (n !== data.byteLength) throw new KernelAnswerError('pwrite', `region ${index} took ${n} of ${data.byteLength} bytes`);
   }
 
   reset(): void {
@@ -128,8 +129,9 @@ export class LinuxDevice implements DeviceHandle {
     if (this.validate) {
       checkPageSize('pageSize', pageSize);
       if (ranges.length === 0) throw new InvalidArgumentError('ranges', 'must list at least one IOVA range');
-      if (ranges.length > DMA_LOGGING_MAX_RANGES) {
-        throw new InvalidArgumentError('ranges', `${ranges.length} ranges; the kernel takes at most ${DMA_LOGGING_MAX_RANGES}: combine them first`);
+      const maximum = uapi.dmaLoggingMaxRanges(this.io.sys.pageSize());
+      if (ranges.length > maximum) {
+        throw new InvalidArgumentError('ranges', `${ranges.length} ranges; the kernel takes at most ${maximum} (PAGE_SIZE / 16): combine them first`);
       }
       ranges.forEach((range, index) => checkRange(`ranges[${index}]`, range.iova, range.length));
     }

@@ -17,6 +17,7 @@ import {
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
 } from '../../uapi/index.js';
+import * as uapi from '../../uapi/index.js';
 import { ERRNO } from '../errno.js';
 import { InvalidArgumentError, KernelError } from '../errors.js';
 import type {
@@ -38,7 +39,8 @@ import type { IommuModel, SimulatedDeviceModel } from './spec.js';
 import type { SimulatedLegacyContainer } from './type1.js';
 
 /** The VFIO core's limit on DMA logging ranges: one kernel page of vfio_device_feature_dma_logging_range. */
-export const LOG_MAX_RANGES = 256;
+/** LOG_MAX_RANGES of drivers/vfio/vfio_main.c on a 4 KiB-page host. */
+export const LOG_MAX_RANGES = uapi.dmaLoggingMaxRanges(4096);
 const PCI_CONFIG_SIZE = 256;
 const VFIO_PCI_NUM_IRQS = 5;
 

@@ -78,6 +78,8 @@ export type DmaSource = string | DeviceHandle;
 
 export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Type1Host {
   readonly name = 'simulated' as const;
+  /** The simulated host is x86-64: 4 KiB base pages (hugetlbfs backing is hostPageSize). */
+  readonly systemPageSize = 4096n;
   readonly identity: object = this;
   readonly services: KernelServices = this;
   readonly devices: readonly SimulatedDeviceModel[];

@@ -215,10 +215,10 @@ const HW_INFO_TYPE: Record<IommuType, number> = {
 
 // Illustrative register defaults. The dirty-tracking bits the Linux drivers look at are set when
 // the device declares iommuDirtyTracking and the register is not given explicitly:
-//   VT-d ECAP.SMTS (bit 43) + ECAP.SLADS (bit 47), SMMUv3 IDR0.HTTU = 2 (bits 7:6), AMD EFR.HDSUP (bit 52).
+//   VT-d ECAP.SMTS (bit 43) + ECAP.SLADS (bit 45; intel/iommu.h ecap_slads), SMMUv3 IDR0.HTTU = 2 (bits 7:6), AMD EFR.HDSUP (bit 52).
 const VTD_CAP_DEFAULT = 0x00d2_008c_2226_0206n;
 const VTD_ECAP_DEFAULT = 0x0000_0000_00f0_101en;
-const VTD_ECAP_DIRTY = (1n << 43n) | (1n << 47n);
+const VTD_ECAP_DIRTY = (1n << 43n) | (1n << 45n);
 const SMMU_IDR0_DEFAULT = 0x0b00_5a3b;
 const SMMU_IDR0_HTTU_MASK = 0b11 << 6;
 const SMMU_IDR0_HTTU_ACCESS_DIRTY = 0b10 << 6;

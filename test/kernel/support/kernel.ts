@@ -190,6 +190,20 @@ export class RecordingSyscalls implements Syscalls {
     if (n < 0) this.lastErrno = this.real.errno();
     return n;
   }
+
+  madvise(address: bigint, length: bigint, advice: number): number {
+    const rc = this.real.madvise(address, length, advice);
+    if (rc < 0) this.lastErrno = this.real.errno();
+    return rc;
+  }
+
+  pageSize(): number {
+    return this.real.pageSize();
+  }
+
+  deviceNumber(fd: number): string | undefined {
+    return this.real.deviceNumber(fd);
+  }
 }
 
 let shared: { syscalls: RecordingSyscalls; kernel: LinuxKernel } | undefined;
