@@ -1,6 +1,6 @@
 import type { DeviceHandle, DeviceInfo, DeviceLocation } from '../kernel/types.js';
 import type { Container } from './container.js';
-import type { HostIommuInfo } from './host-iommu-info.js';
+import type { CompatibilityAnswer, HostIommuInfo, ViommuRequirements } from './host-iommu-info.js';
 
 export type DeviceBackend = 'iommufd' | 'legacy';
 /** Which source reports the pages a device writes. */
@@ -57,6 +57,23 @@ export class Device {
     if (this.hwpt?.dirtyTracking) return 'iommu';
     if (this.backend === 'legacy' && this.container.supportsType1DirtyTracking) return 'type1';
     return 'none';
+  }
+
+  /**
+   * Whether a vIOMMU with `requirements` can sit in front of this device: its host IOMMU's
+   * registers and capabilities, and the IOVA ranges of the container it is attached to.
+   * An mdev or a legacy device has no HostIommuInfo; only the IOVA ranges then bound it.
+   */
+  viommuCompatibility(requirements: ViommuRequirements): CompatibilityAnswer {
+    if (this.hostIommu) return this.hostIommu.check(requirements, this.container.iovaRanges);
+    const ranges = this.container.iovaRanges;
+    const last = ranges.reduce((max, range) => (range.last > max ? range.last : max), 0n);
+    const hostAddressWidth = ranges.length ? Math.max(1, last.toString(2).length) : 64;
+    const reasons: string[] = [];
+    if (requirements.addressWidth > hostAddressWidth) reasons.push(`aw-bits ${requirements.addressWidth} > host aw-bits ${hostAddressWidth} (the usable IOVA ranges)`);
+    if (requirements.dirtyTracking && this.dirtyTracker !== 'dma-logging') reasons.push(`no IOMMU of its own to track dirty pages (${this.backend} ${this.mdev ? 'mdev' : 'device'})`);
+    if (requirements.nesting) reasons.push('nesting needs the host IOMMU of an iommufd device with one');
+    return { supported: reasons.length === 0, reasons, hostAddressWidth };
   }
 
   toJSON(): Record<string, unknown> {

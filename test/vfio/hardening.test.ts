@@ -58,3 +58,16 @@ describe('page size and IOVA alignment', () => {
     await space.close();
   });
 });
+
+describe('vIOMMU compatibility of an attached device', () => {
+  it('combines the host MGAW and the container\'s IOVA ranges', async () => {
+    // CAP_REG.MGAW (bits 21:16) = 47: a 48-bit VT-d; the simulated IOMMU translates 40 bits.
+    const kernel = simulatedKernel({ devices: [{ name: 'nic', iommuType: 'intel-vtd', addressWidth: 40, vendorRegisters: { capReg: 47n << 16n, ecapReg: 0n } }] });
+    const space = new AddressSpace(kernel);
+    const device = await space.attach('nic');
+    expect(device.hostIommu?.addressWidth).toBe(48);
+    expect(device.viommuCompatibility({ addressWidth: 39 })).toEqual({ supported: true, reasons: [], hostAddressWidth: 40 });
+    expect(device.viommuCompatibility({ addressWidth: 48 })).toEqual({ supported: false, reasons: ['aw-bits 48 > host aw-bits 40 (the usable IOVA ranges)'], hostAddressWidth: 40 });
+    await space.close();
+  });
+});

@@ -144,3 +144,57 @@ describe('UndoStack', () => {
     expect(undo.mark).toBe(0);
   });
 });
+
+// QEMU's vtd_check_hiod: the vIOMMU's aw-bits must not exceed the host's. Register fields from
+// drivers/iommu/intel/iommu.h: cap_mgaw(c) = ((c >> 16) & 0x3f) + 1; ecap_nest bit 26,
+// ecap_smts bit 43, ecap_pasid bit 40, ecap_pss(e) = (e >> 35) & 0x1f; IOMMU_HW_CAP_DIRTY_TRACKING
+// is 1 << 0 in include/uapi/linux/iommufd.h.
+describe('host IOMMU compatibility with a vIOMMU', () => {
+  const vtd = (capReg: bigint, ecapReg: bigint, capabilities = 0n) => {
+    const data = uapi.iommu_hw_info_vtd.encode({ flags: 0, cap_reg: capReg, ecap_reg: ecapReg });
+    return new HostIommuInfo({ type: uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD, capabilities, maxPasidLog2: 0, data });
+  };
+  const MGAW_39 = 38n << 16n;
+  const MGAW_48 = 47n << 16n;
+  const NEST = 1n << 26n;
+  const SMTS = 1n << 43n;
+  const PASID_20 = (1n << 40n) | (19n << 35n);
+
+  it('refuses aw-bits above the host MGAW, with QEMU\'s words', () => {
+    const host = vtd(MGAW_39, 0n);
+    expect(host.addressWidth).toBe(39);
+    expect(host.check({ addressWidth: 39 })).toEqual({ supported: true, reasons: [], hostAddressWidth: 39 });
+    expect(host.check({ addressWidth: 48 })).toEqual({ supported: false, reasons: ['aw-bits 48 > host aw-bits 39 (VT-d CAP_REG.MGAW)'], hostAddressWidth: 39 });
+    expect(vtd(MGAW_48, 0n).check({ addressWidth: 48 }).supported).toBe(true);
+  });
+
+  it('the IOVA ranges bound the width where they are narrower (vfio_device_get_aw_bits)', () => {
+    const ranges = [{ start: 0n, last: 0xfedf_ffffn }, { start: 0xfef0_0000n, last: (1n << 39n) - 1n }];
+    const answer = vtd(MGAW_48, 0n).check({ addressWidth: 48 }, ranges);
+    expect(answer).toMatchObject({ supported: false, hostAddressWidth: 39 });
+    expect(answer.reasons[0]).toMatch(/usable IOVA ranges/);
+  });
+
+  it('names each missing feature: dirty tracking, nesting, PASID width', () => {
+    const host = vtd(MGAW_48, PASID_20);
+    const answer = host.check({ addressWidth: 48, dirtyTracking: true, nesting: true, pasidBits: 20 });
+    expect(answer.supported).toBe(false);
+    expect(answer.reasons).toEqual([
+      expect.stringMatching(/IOMMU_HW_CAP_DIRTY_TRACKING/),
+      expect.stringMatching(/scalable mode \(ECAP.SMTS\)/),
+      expect.stringMatching(/ECAP.NEST/),
+    ]);
+    expect(vtd(MGAW_48, SMTS | NEST | PASID_20, 1n).check({ addressWidth: 48, dirtyTracking: true, nesting: true, pasidBits: 20 }).supported).toBe(true);
+    expect(vtd(MGAW_48, PASID_20).check({ addressWidth: 48, pasidBits: 21 }).reasons).toEqual(['PASID of 21 bits > host\'s 20']);
+  });
+
+  it('SMMUv3 nesting needs both stages (IDR0.S1P bit 1, IDR0.S2P bit 0)', () => {
+    const smmu = (idr0: number) => {
+      const data = new Uint8Array(uapi.iommu_hw_info_arm_smmuv3.size);
+      new DataView(data.buffer).setUint32(uapi.iommu_hw_info_arm_smmuv3.offsetOf('idr'), idr0, true);
+      return new HostIommuInfo({ type: uapi.IOMMU_HW_INFO_TYPE_ARM_SMMUV3, capabilities: 0n, maxPasidLog2: 0, data });
+    };
+    expect(smmu(0b11).check({ addressWidth: 48, nesting: true }).supported).toBe(true);
+    expect(smmu(0b10).check({ addressWidth: 48, nesting: true }).reasons).toEqual([expect.stringMatching(/IDR0.S1P and IDR0.S2P/)]);
+  });
+});
