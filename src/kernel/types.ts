@@ -270,6 +270,16 @@ export interface Kernel {
   openDevice(location: string, options?: KernelOptions): DeviceHandle;
   openLegacyContainer(options?: KernelOptions): LegacyContainerHandle;
   openGroup(groupId: number, options?: KernelOptions): GroupHandle;
+  /**
+   * An iommufd opened by someone else (libvirt's `-object iommufd,fd=N`): a handle on that fd.
+   * Closing the handle closes the fd.
+   */
+  adoptIommufd?(fd: number, options?: KernelOptions): IommufdHandle;
+  /**
+   * A device's VFIO cdev opened by someone else (`vfio-pci,fd=N`), not yet bound: a handle on
+   * that fd after checking it is the located device's cdev. Closing the handle closes the fd.
+   */
+  adoptDeviceFd?(location: string, fd: number, options?: KernelOptions): DeviceHandle;
   /** The host's base page size (sysconf(_SC_PAGESIZE)), when the kernel knows it. */
   readonly systemPageSize?: bigint;
   /** Anonymous host memory for DMA mappings (mmap); held until released. */

@@ -17,12 +17,24 @@ export interface AddressSpaceOptions {
   readonly iommufd?: IommufdChoice;
   /** Host page size: mappings are aligned to it (default: the kernel's, `Kernel.systemPageSize`, else 4 KiB). */
   readonly pageSize?: bigint;
+  /**
+   * An iommufd opened by the caller (libvirt passes one: `-object iommufd,fd=N`; see
+   * `Kernel.adoptIommufd`). Several address spaces may share it, each with IOASes of its own;
+   * the space never closes it: whoever opened it does, after closing the spaces.
+   */
+  readonly iommufdHandle?: IommufdHandle;
 }
 
 export interface AttachOptions {
   readonly iommufd?: IommufdChoice;
   /** A display name (default: the located device's name). */
   readonly name?: string;
+  /**
+   * The device's VFIO cdev, opened by the caller (`vfio-pci,fd=N`) and not yet bound. The space
+   * owns it from the call on, as QEMU does: it is closed on detach, and on a failed attach (a
+   * bound cdev cannot be unbound).
+   */
+  readonly fd?: number;
 }
 
 export interface MapRequest {
@@ -80,6 +92,9 @@ export class AddressSpace {
     const pageSize = options.pageSize ?? kernel.systemPageSize ?? 4096n;
     if (pageSize <= 0n || (pageSize & (pageSize - 1n)) !== 0n) throw new InvalidArgumentError('pageSize', `must be a power of two, got ${pageSize}`);
     this.pageSize = pageSize;
+    if (options.iommufdHandle !== undefined && (typeof options.iommufdHandle !== 'object' || options.iommufdHandle.closed)) {
+      throw new InvalidArgumentError('iommufdHandle', 'must be an open iommufd handle');
+    }
   }
 
   get containers(): readonly Container[] {
@@ -154,7 +169,7 @@ export class AddressSpace {
         this.mappingList.splice(this.mappingList.indexOf(mapping), 1);
         if (mapping.ownsMemory) mapping.memory.release();
       }
-      this.iommufd?.close();
+      if (this.iommufd !== this.options.iommufdHandle) this.iommufd?.close();
       this.iommufd = undefined;
       this.closed = true;
     });
@@ -182,8 +197,13 @@ export class AddressSpace {
     const found = this.kernel.locateDevice(location);
     const name = options.name ?? found.name;
     if (this.deviceList.some((d) => d.name === name)) throw new InvalidArgumentError('device', `${name} is already attached to this address space`);
-    const backend = this.chooseBackend(found, choice);
-    return new UndoStack().run((undo) => (backend === 'iommufd' ? this.attachIommufd(found, name, undo) : this.attachLegacy(found, name, undo)));
+    const backend = this.chooseBackend(found, options.fd !== undefined && choice === 'auto' ? 'on' : choice);
+    if (options.fd !== undefined) {
+      if (!Number.isInteger(options.fd) || options.fd < 0) throw new InvalidArgumentError('fd', `must be an open file descriptor number, got ${String(options.fd)}`);
+      if (backend !== 'iommufd') throw new InvalidArgumentError('fd', 'a passed device fd is a VFIO cdev: it needs iommufd on');
+      if (!this.kernel.adoptDeviceFd) throw new VfioSetupError(`the ${this.kernel.name} kernel cannot take a passed device fd`);
+    }
+    return new UndoStack().run((undo) => (backend === 'iommufd' ? this.attachIommufd(found, name, undo, options.fd) : this.attachLegacy(found, name, undo)));
   }
 
   private chooseBackend(found: DeviceLocation, choice: IommufdChoice): DeviceBackend {
@@ -200,6 +220,12 @@ export class AddressSpace {
 
   private openIommufd(undo: UndoStack): IommufdHandle {
     if (this.iommufd) return this.iommufd;
+    const passed = this.options.iommufdHandle;
+    if (passed) {
+      if (passed.closed) throw new InvalidArgumentError('iommufdHandle', 'was closed by its owner');
+      this.iommufd = passed; // not ours to close
+      return passed;
+    }
     const handle = this.kernel.openIommufd();
     this.iommufd = handle;
     undo.push('close iommufd', () => {
@@ -209,9 +235,9 @@ export class AddressSpace {
     return handle;
   }
 
-  private attachIommufd(found: DeviceLocation, name: string, undo: UndoStack): Device {
+  private attachIommufd(found: DeviceLocation, name: string, undo: UndoStack, fd?: number): Device {
     const iommufd = this.openIommufd(undo);
-    const handle = this.kernel.openDevice(found.sysfsPath ?? found.name);
+    const handle = fd === undefined ? this.kernel.openDevice(found.sysfsPath ?? found.name) : this.kernel.adoptDeviceFd!(found.sysfsPath ?? found.name, fd);
     undo.push(`close ${name}`, () => handle.close());
     const devId = handle.bindIommufd(iommufd);
     // Read before choosing a HWPT: whether the IOMMU tracks dirty pages decides which HWPT fits.
@@ -269,7 +295,10 @@ export class AddressSpace {
   private createIommufdContainer(iommufd: IommufdHandle, undo: UndoStack): IommufdContainer {
     const ioasId = iommufd.ioasAlloc();
     undo.push(`destroy IOAS ${ioasId}`, () => iommufd.destroy(ioasId));
-    const container = new IommufdContainer(iommufd, ioasId);
+    // A second IOAS in the same iommufd is filled with IOMMU_IOAS_COPY from one that holds the
+    // mapping: the pages pinned for the first are shared, not pinned again.
+    const container: IommufdContainer = new IommufdContainer(iommufd, ioasId, (mapping) =>
+      this.iommufdContainers().find((other) => other !== container && other.iommufd === iommufd && other.holds(mapping)));
     // Replay the space's mappings: the destroy above drops them all on failure.
     for (const mapping of this.mappingList) container.map(mapping);
     this.containerList.push(container);

@@ -1,6 +1,6 @@
 // The real-hardware kernel: /dev/iommu, VFIO cdevs, the legacy container and groups, through
 // libc ioctls (koffi). Struct layouts and numbers come from src/uapi.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { KernelAnswerError } from './errors.js';
@@ -40,6 +40,26 @@ export class LinuxKernel implements Kernel {
 
   openIommufd(options?: KernelOptions): IommufdHandle {
     return new LinuxIommufd(this.sys, options, this.options.iommuPath);
+  }
+
+  adoptIommufd(fd: number, options?: KernelOptions): IommufdHandle {
+    checkFd(fd);
+    // Its device number must be /dev/iommu's (a misc device): anything else is not an iommufd.
+    const path = this.options.iommuPath ?? '/dev/iommu';
+    const expected = deviceNumberOfPath(path);
+    const actual = this.sys.deviceNumber(fd);
+    if (expected !== undefined && actual !== expected) {
+      throw new KernelAnswerError('fstat', `fd ${fd} is ${actual === undefined ? 'not open' : `character device ${actual}`}, not ${path} (${expected})`);
+    }
+    return new LinuxIommufd(this.sys, options, path, fd);
+  }
+
+  adoptDeviceFd(location: string, fd: number, options?: KernelOptions): DeviceHandle {
+    checkFd(fd);
+    const found = this.locateDevice(location);
+    if (!found.cdevPath) throw new InvalidArgumentError('fd', `${found.name} has no VFIO cdev, so fd ${fd} cannot be its cdev`);
+    this.checkCdev(found, fd);
+    return new LinuxDevice(this.sys, found.name, 'cdev', fd, options);
   }
 
   locateDevice(location: string): DeviceLocation {
@@ -95,6 +115,19 @@ export class LinuxKernel implements Kernel {
 
   allocateHostMemory(length: bigint): HostMemory {
     return new MmapMemory(this.sys, length);
+  }
+}
+
+function checkFd(fd: number): void {
+  if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fff_ffff) throw new InvalidArgumentError('fd', `must be an open file descriptor number, got ${String(fd)}`);
+}
+
+function deviceNumberOfPath(path: string): string | undefined {
+  try {
+    const rdev = statSync(path, { bigint: true }).rdev;
+    return `${((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)}:${(rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)}`;
+  } catch {
+    return undefined;
   }
 }
 

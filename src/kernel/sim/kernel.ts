@@ -243,6 +243,24 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
     };
   }
 
+  /** The fd of an iommufd opened on this kernel: its handle (the simulator has one object per open file). */
+  adoptIommufd(fd: number): IommufdHandle {
+    const handle = [...this.iommufds].find((h) => h.fd === fd && !h.closed);
+    if (!handle) throw new KernelError('fstat', ERRNO.EBADF, { fd });
+    return handle;
+  }
+
+  /** The fd of a cdev opened on this kernel and not yet bound, checked to be `location`'s. */
+  adoptDeviceFd(location: string, fd: number): DeviceHandle {
+    const device = this.find(location);
+    const file = [...this.deviceFiles].find((f) => f.fd === fd && !f.closed);
+    if (!file) throw new KernelError('fstat', ERRNO.EBADF, { fd });
+    if (file.kind !== 'cdev' || file.name !== device.name) {
+      throw new InvalidArgumentError('fd', `fd ${fd} is ${file.kind === 'cdev' ? `${file.name}'s cdev` : `a group device fd of ${file.name}`}, not ${device.name}'s cdev`);
+    }
+    return file;
+  }
+
   locateDevice(location: string): DeviceLocation {
     return this.location(this.find(location));
   }
