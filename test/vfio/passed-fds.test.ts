@@ -53,8 +53,8 @@ describe('an iommufd passed in', () => {
     await second.map({ iova: 0n, size: MiB });
     await first.attach('a');
     await second.attach('b');
-    expect(first.iommufd).toBe(iommufd);
-    expect(second.iommufd).toBe(iommufd);
+    expect(first.iommufdHandle).toBe(iommufd);
+    expect(second.iommufdHandle).toBe(iommufd);
     const table = kernel.objects();
     expect(table.iommufds).toHaveLength(1);
     expect(table.iommufds[0]!.objects.filter((o) => o.type === 'ioas')).toHaveLength(2);
@@ -78,13 +78,13 @@ describe('an iommufd passed in', () => {
 describe('a device passed by fd', () => {
   it('is bound and attached on that fd, and closed by detach', async () => {
     const kernel = simulatedKernel({ devices: devices() });
-    const opened = kernel.openDevice('a');
+    const opened = kernel.openDevice('a') as ReturnType<typeof kernel.openDevice> & { fd: number };
     const space = new AddressSpace(kernel);
     await space.map({ iova: 0n, size: MiB });
     const device = await space.attach('a', { fd: opened.fd });
     expect(device.handle).toBe(opened);
     expect(opened.devId).toBeGreaterThan(0);
-    expect(kernel.dmaWrite(opened, 0x1000n, 0x1000n).written).toBe(0x1000n);
+    expect(kernel.dmaWrite(device.handle, 0x1000n, 0x1000n).written).toBe(0x1000n);
     await space.detach(device);
     expect(opened.closed).toBe(true);
     await space.close();
@@ -93,7 +93,7 @@ describe('a device passed by fd', () => {
 
   it('the fd of another device, or one not open, is refused; a failed attach closes the fd', async () => {
     const kernel = simulatedKernel({ devices: devices() });
-    const opened = kernel.openDevice('b');
+    const opened = kernel.openDevice('b') as ReturnType<typeof kernel.openDevice> & { fd: number };
     const space = new AddressSpace(kernel);
     await expect(space.attach('a', { fd: opened.fd })).rejects.toThrow(/is b's cdev, not a's cdev/);
     await expect(space.attach('a', { fd: 999 })).rejects.toThrow(/Bad file descriptor/);
