@@ -243,6 +243,18 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
     };
   }
 
+  pciResetSet(device: SimulatedDevice): SimulatedDevice[] | undefined {
+    const model = device.model;
+    if (model.mdev || model.pciReset === 'none' || !model.pciAddress) return undefined;
+    const bus = model.pciAddress.slice(0, 7); // DDDD:BB
+    return [...this.deviceStates.values()].filter((other) => !other.model.mdev && other.model.pciReset === 'bus' && other.model.pciAddress?.slice(0, 7) === bus);
+  }
+
+  groupOfFd(fd: number): SimulatedVfioGroup | undefined {
+    const handle = [...this.groupHandles].find((h) => h.fd === fd && !h.closed);
+    return handle?.group;
+  }
+
   /** The fd of an iommufd opened on this kernel: its handle (the simulator has one object per open file). */
   adoptIommufd(fd: number): IommufdHandle {
     const handle = [...this.iommufds].find((h) => h.fd === fd && !h.closed);

@@ -108,6 +108,11 @@ export const SimulatedDeviceSpec = z
     addressWidth: z.number().int().min(20).max(64).optional(),
     /** Size of BAR0 (region 0), readable and writable through the device fd. */
     bar0Size: PowerOfTwo.default(4096n),
+    /**
+     * PCI hot reset: `bus` (a secondary bus reset, which resets every device on its segment:bus)
+     * or `none` (no slot or bus reset, as for a device alone on a root bus: ENODEV).
+     */
+    pciReset: z.enum(['bus', 'none']).default('bus'),
   })
   .strict()
   .superRefine((spec, context) => {
@@ -183,6 +188,7 @@ export interface SimulatedDeviceModel {
   readonly iommu: IommuModel | undefined;
   readonly dmaLogging: DmaLoggingModel | undefined;
   readonly bar0Size: bigint;
+  readonly pciReset: 'bus' | 'none';
 }
 
 const KIB = 1024n;
@@ -346,6 +352,7 @@ export function resolveDeviceSpecs(inputs: readonly SimulatedDeviceSpecInput[]):
           }
         : undefined,
       bar0Size: spec.bar0Size,
+      pciReset: spec.pciReset,
     };
   });
 }
