@@ -195,8 +195,9 @@ export const VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED = 1 << 1;
 export const VFIO_PCI_DEVID_OWNED = 0;
 /** -1 in a __u32. */
 export const VFIO_PCI_DEVID_NOT_OWNED = 0xffff_ffff;
+// `union { __u32 group_id; __u32 devid; }`: one __u32, a dev ID when FLAG_DEV_ID is set.
 export const vfio_pci_dependent_device = struct('vfio_pci_dependent_device', [
-  ['', { union: [['group_id', 'u32'], ['devid', 'u32']] }], ['segment', 'u16'], ['bus', 'u8'], ['devfn', 'u8'],
+  ['group_id', 'u32'], ['segment', 'u16'], ['bus', 'u8'], ['devfn', 'u8'],
 ]);
 export const vfio_pci_hot_reset_info = struct('vfio_pci_hot_reset_info', [
   ['argsz', 'u32'], ['flags', 'u32'], ['count', 'u32'], ['devices', { array: vfio_pci_dependent_device, count: 0 }],
