@@ -24,10 +24,10 @@ describe.runIf(inKernelGuest)('passed-in fds on the real kernel', () => {
     expect(iommufd.fd).toBe(opened.fd);
     const first = new AddressSpace(k, { iommufdHandle: iommufd });
     const second = new AddressSpace(k, { iommufdHandle: iommufd });
-    await first.map({ iova: START, size: 2n * MiB });
-    await second.map({ iova: START, size: 2n * MiB });
     await first.attach('mock');
     await second.attach('mock');
+    await first.map({ iova: START, size: 2n * MiB });
+    await second.map({ iova: START, size: 2n * MiB });
     const ioasIds = [first, second].map((space) => (space.containers[0] as IommufdContainer).ioasId);
     expect(ioasIds[0]).not.toBe(ioasIds[1]);
     await first.close();
