@@ -23,6 +23,8 @@ import { edu, onVirtioIommu } from './harness/guest-env.js';
 import { flushCoverage, kernel, MiB, resultsDir } from './support/kernel.js';
 
 const START = uapi.MOCK_APERTURE_START;
+/** Mapping size: small, so that pinning and IOPTE allocation stay under MAX_POINTS fault sites (32 mock pages, 16 host pages). */
+const SIZE = 64n * 1024n;
 const DEBUGFS = '/sys/kernel/debug';
 /** The selftest's bound on fault sites per operation (iommufd_fail_nth.c: ASSERT_GT(400, iteration)). */
 const MAX_POINTS = 400;
@@ -212,7 +214,7 @@ const mockHwpt = (space: AddressSpace): number => space.devices.find((d) => d.ha
 const withMock = (more?: (space: AddressSpace) => Promise<void>) =>
   iommufdSpace(async (space) => {
     await space.attach('mock');
-    await space.map({ iova: START, size: 2n * MiB });
+    await space.map({ iova: START, size: SIZE });
     await more?.(space);
   });
 
@@ -262,7 +264,7 @@ const PATHS: CallPath[] = [
     setup: () => withMock(async (space) => {
       await space.attach(edu.bdf, { iommufd: 'off' });
     }),
-    run: (c) => c.space!.map({ iova: START + 16n * MiB, size: 2n * MiB }),
+    run: (c) => c.space!.map({ iova: START + 16n * MiB, size: SIZE }),
     teardown: closeAll,
   },
   {
@@ -270,9 +272,9 @@ const PATHS: CallPath[] = [
     backend: 'iommufd',
     setup: () => withMock(async (space) => {
       await space.attach(edu.bdf, { iommufd: 'off' });
-      await space.map({ iova: START + 16n * MiB, size: 2n * MiB });
+      await space.map({ iova: START + 16n * MiB, size: SIZE });
     }),
-    run: (c) => c.space!.unmap({ iova: START + 16n * MiB, size: 2n * MiB }),
+    run: (c) => c.space!.unmap({ iova: START + 16n * MiB, size: SIZE }),
     teardown: closeAll,
   },
   {
@@ -287,8 +289,8 @@ const PATHS: CallPath[] = [
     backend: 'iommufd',
     setup: () => withMock(async (space) => space.iommufdHandle!.hwptSetDirtyTracking(mockHwpt(space), true)),
     run: (c) => c.iommufd!.hwptGetDirtyBitmap({
-      hwptId: mockHwpt(c.space!), iova: START, length: 2n * MiB, pageSize: uapi.MOCK_IO_PAGE_SIZE,
-      bitmap: new Uint8Array(Number(2n * MiB / uapi.MOCK_IO_PAGE_SIZE / 8n)),
+      hwptId: mockHwpt(c.space!), iova: START, length: SIZE, pageSize: uapi.MOCK_IO_PAGE_SIZE,
+      bitmap: new Uint8Array(8), // 32 bits, one whole u64
     }),
     teardown: closeAll,
   },
@@ -320,23 +322,23 @@ const PATHS: CallPath[] = [
     name: 'map, legacy type1',
     backend: 'legacy',
     setup: () => legacySpace(),
-    run: (c) => c.space!.map({ iova: 0x10_0000n, size: 2n * MiB }),
+    run: (c) => c.space!.map({ iova: 0x10_0000n, size: SIZE }),
     teardown: closeAll,
   },
   {
     name: 'unmap, legacy type1',
     backend: 'legacy',
     setup: () => legacySpace(async (space) => {
-      await space.map({ iova: 0x10_0000n, size: 2n * MiB });
+      await space.map({ iova: 0x10_0000n, size: SIZE });
     }),
-    run: (c) => c.space!.unmap({ iova: 0x10_0000n, size: 2n * MiB }),
+    run: (c) => c.space!.unmap({ iova: 0x10_0000n, size: SIZE }),
     teardown: closeAll,
   },
   {
     name: 'start type1 dirty tracking',
     backend: 'legacy',
     setup: () => legacySpace(async (space) => {
-      await space.map({ iova: 0x10_0000n, size: 2n * MiB });
+      await space.map({ iova: 0x10_0000n, size: SIZE });
     }),
     run: (c) => type1(c).dirtyPagesStart(),
     teardown: closeAll,
@@ -345,17 +347,17 @@ const PATHS: CallPath[] = [
     name: 'a round: VFIO_IOMMU_DIRTY_PAGES GET_BITMAP',
     backend: 'legacy',
     setup: () => legacySpace(async (space) => {
-      await space.map({ iova: 0x10_0000n, size: 2n * MiB });
+      await space.map({ iova: 0x10_0000n, size: SIZE });
       (space.containers[0] as LegacyContainer).handle.dirtyPagesStart();
     }),
-    run: (c) => type1(c).dirtyPagesGetBitmap({ iova: 0x10_0000n, length: 2n * MiB, pageSize: 4096n, bitmap: new Uint8Array(64) }),
+    run: (c) => type1(c).dirtyPagesGetBitmap({ iova: 0x10_0000n, length: SIZE, pageSize: 4096n, bitmap: new Uint8Array(8) }),
     teardown: closeAll,
   },
   {
     name: 'stop type1 dirty tracking',
     backend: 'legacy',
     setup: () => legacySpace(async (space) => {
-      await space.map({ iova: 0x10_0000n, size: 2n * MiB });
+      await space.map({ iova: 0x10_0000n, size: SIZE });
       (space.containers[0] as LegacyContainer).handle.dirtyPagesStart();
     }),
     run: (c) => type1(c).dirtyPagesStop(),
