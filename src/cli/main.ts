@@ -6,8 +6,8 @@ import { InvalidArgumentError, KernelError } from '../kernel/errors.js';
 import { linuxKernel } from '../kernel/linux/index.js';
 import { registerBenchSync } from './bench-sync.js';
 import { printJson, table } from './output.js';
-import { probe } from './probe.js';
 import { registerMigrate } from './migrate.js';
+import { probe, simulatedProbeKernel } from './probe.js';
 import { registerSimulate } from './simulate.js';
 import { UsageError } from './units.js';
 
@@ -23,8 +23,10 @@ program
   .command('probe')
   .description('what this host has for VFIO and iommufd, and what to do about what is missing')
   .option('--json', 'print one JSON document')
-  .action((options: { json?: boolean }) => {
-    const report = probe({ kernel: linuxKernel() });
+  .option('--simulated', 'probe the embedded simulated kernel instead of this host')
+  .option('--device <name:spec>', 'with --simulated: a simulated device, repeatable (as simulate --device)', (value: string, all: string[]) => [...all, value], [] as string[])
+  .action((options: { json?: boolean; simulated?: boolean; device: string[] }) => {
+    const report = probe({ kernel: options.simulated ? simulatedProbeKernel(options.device) : linuxKernel() });
     if (options.json) return printJson(report);
     const lines = [
       `kernel ${report.kernel}: /dev/iommu ${report.iommufd.present ? (report.iommufd.accessible ? 'usable' : 'present, not accessible') : 'missing'}, ` +
@@ -33,8 +35,8 @@ program
     ];
     if (!report.vfio) lines.push('This host has no VFIO: nothing to probe. The simulated kernel runs everything: vfio-iommufd simulate');
     if (report.devices.length) {
-      lines.push(table(['device', 'driver', 'group', 'cdev', 'IOMMU', 'IOMMU dirty', 'DMA logging', 'problems'], report.devices.map((d) => [
-        d.name, d.driver ?? '-', d.group ?? '-', d.cdev ?? '-', (d.iommu?.type as string | undefined) ?? '-',
+      lines.push(table(['device', 'driver', 'group', 'cdev', 'IOMMU', 'address bits', 'IOMMU dirty', 'DMA logging', 'problems'], report.devices.map((d) => [
+        d.name, d.driver ?? '-', d.group ?? '-', d.cdev ?? '-', d.iommuType ?? '-', d.addressWidth ?? '-',
         d.iommuDirtyTracking === undefined ? '?' : d.iommuDirtyTracking ? 'yes' : 'no',
         d.dmaLogging === undefined ? '?' : d.dmaLogging ? 'yes' : 'no', d.problems.join('; ') || '-',
       ])));

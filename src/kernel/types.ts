@@ -175,6 +175,26 @@ export interface DmaLoggingRange {
   readonly length: bigint;
 }
 
+/** One device a PCI hot reset of a device also resets (`struct vfio_pci_dependent_device`). */
+export interface PciDependentDevice {
+  /** A group-opened device's answer: the affected device's IOMMU group. */
+  readonly groupId: number | undefined;
+  /**
+   * A cdev's answer (VFIO_PCI_HOT_RESET_FLAG_DEV_ID): its dev ID when bound to the same iommufd,
+   * VFIO_PCI_DEVID_OWNED (0) when only owned by it, VFIO_PCI_DEVID_NOT_OWNED (0xffffffff) otherwise.
+   */
+  readonly devId: number | undefined;
+  /** `DDDD:BB:DD.F`. */
+  readonly pciAddress: string;
+}
+
+/** VFIO_DEVICE_GET_PCI_HOT_RESET_INFO's answer. */
+export interface PciHotResetInfo {
+  /** `VFIO_PCI_HOT_RESET_FLAG_*`. */
+  readonly flags: number;
+  readonly devices: readonly PciDependentDevice[];
+}
+
 /** A VFIO device: a cdev, a device fd from a legacy group, or a kernel test mock device. */
 export interface DeviceHandle {
   readonly name: string;
@@ -200,6 +220,13 @@ export interface DeviceHandle {
   dmaLoggingStop(): void;
   /** DMA_LOGGING_REPORT: sets bits only (zero the bitmap first); reading clears the device's log. */
   dmaLoggingReport(request: DirtyBitmapRequest): void;
+  /** VFIO_DEVICE_GET_PCI_HOT_RESET_INFO (vfio-pci devices); grows its array and retries on ENOSPC. */
+  getPciHotResetInfo?(): PciHotResetInfo;
+  /**
+   * VFIO_DEVICE_PCI_HOT_RESET: a cdev passes no group fds (the kernel checks ownership through
+   * its iommufd); a group-opened device passes the fds of every affected group.
+   */
+  pciHotReset?(groupFds: readonly number[]): void;
   close(): void;
 }
 
@@ -242,6 +269,8 @@ export interface LegacyContainerHandle {
 /** An open `/dev/vfio/GROUP`. */
 export interface GroupHandle {
   readonly groupId: number;
+  /** The group's fd (VFIO_DEVICE_PCI_HOT_RESET takes it). */
+  readonly fd?: number;
   readonly closed: boolean;
   getStatus(): { viable: boolean; containerSet: boolean };
   setContainer(container: LegacyContainerHandle): void;
@@ -270,6 +299,18 @@ export interface Kernel {
   openDevice(location: string, options?: KernelOptions): DeviceHandle;
   openLegacyContainer(options?: KernelOptions): LegacyContainerHandle;
   openGroup(groupId: number, options?: KernelOptions): GroupHandle;
+  /**
+   * An iommufd opened by someone else (libvirt's `-object iommufd,fd=N`): a handle on that fd.
+   * Closing the handle closes the fd.
+   */
+  adoptIommufd?(fd: number, options?: KernelOptions): IommufdHandle;
+  /**
+   * A device's VFIO cdev opened by someone else (`vfio-pci,fd=N`), not yet bound: a handle on
+   * that fd after checking it is the located device's cdev. Closing the handle closes the fd.
+   */
+  adoptDeviceFd?(location: string, fd: number, options?: KernelOptions): DeviceHandle;
+  /** The host's base page size (sysconf(_SC_PAGESIZE)), when the kernel knows it. */
+  readonly systemPageSize?: bigint;
   /** Anonymous host memory for DMA mappings (mmap); held until released. */
   allocateHostMemory(length: bigint): HostMemory;
 }

@@ -143,6 +143,14 @@ export const vfio_device_feature_mig_state = struct('vfio_device_feature_mig_sta
 export const vfio_device_feature_dma_logging_control = struct('vfio_device_feature_dma_logging_control', [
   ['page_size', 'u64'], ['num_ranges', 'u32'], ['__reserved', 'u32'], ['ranges', 'u64'],
 ]);
+/**
+ * The most ranges DMA_LOGGING_START takes: LOG_MAX_RANGES in drivers/vfio/vfio_main.c is
+ * PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range); more is E2BIG.
+ */
+export function dmaLoggingMaxRanges(pageSize: bigint | number): number {
+  return Number(pageSize) / 16;
+}
+
 export const vfio_device_feature_dma_logging_range = struct('vfio_device_feature_dma_logging_range', [
   ['iova', 'u64'], ['length', 'u64'],
 ]);
@@ -178,6 +186,26 @@ export const vfio_iommu_type1_dirty_bitmap_get = struct('vfio_iommu_type1_dirty_
   ['iova', 'u64'], ['size', 'u64'], ['bitmap', vfio_bitmap],
 ]);
 
+// PCI hot reset (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_DEVICE_PCI_HOT_RESET). With a cdev the
+// kernel reports dev IDs (FLAG_DEV_ID): a device bound to the same iommufd by its ID, one only
+// owned by it (its group has a device in that iommufd) as VFIO_PCI_DEVID_OWNED, any other as
+// VFIO_PCI_DEVID_NOT_OWNED; FLAG_DEV_ID_OWNED says all are owned.
+export const VFIO_PCI_HOT_RESET_FLAG_DEV_ID = 1 << 0;
+export const VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED = 1 << 1;
+export const VFIO_PCI_DEVID_OWNED = 0;
+/** -1 in a __u32. */
+export const VFIO_PCI_DEVID_NOT_OWNED = 0xffff_ffff;
+// `union { __u32 group_id; __u32 devid; }`: one __u32, a dev ID when FLAG_DEV_ID is set.
+export const vfio_pci_dependent_device = struct('vfio_pci_dependent_device', [
+  ['group_id', 'u32'], ['segment', 'u16'], ['bus', 'u8'], ['devfn', 'u8'],
+]);
+export const vfio_pci_hot_reset_info = struct('vfio_pci_hot_reset_info', [
+  ['argsz', 'u32'], ['flags', 'u32'], ['count', 'u32'], ['devices', { array: vfio_pci_dependent_device, count: 0 }],
+]);
+export const vfio_pci_hot_reset = struct('vfio_pci_hot_reset', [
+  ['argsz', 'u32'], ['flags', 'u32'], ['count', 'u32'], ['group_fds', { array: 's32', count: 0 }],
+]);
+
 export const VFIO_STRUCTS = [
   vfio_info_cap_header, vfio_group_status, vfio_device_info, vfio_region_info, vfio_irq_info, vfio_irq_set,
   vfio_device_feature,
@@ -187,4 +215,5 @@ export const VFIO_STRUCTS = [
   vfio_iommu_type1_info, vfio_iova_range, vfio_iommu_type1_info_cap_iova_range, vfio_iommu_type1_info_cap_migration,
   vfio_iommu_type1_info_dma_avail, vfio_iommu_type1_dma_map, vfio_bitmap, vfio_iommu_type1_dma_unmap,
   vfio_iommu_type1_dirty_bitmap, vfio_iommu_type1_dirty_bitmap_get,
+  vfio_pci_dependent_device, vfio_pci_hot_reset_info, vfio_pci_hot_reset,
 ] as const;

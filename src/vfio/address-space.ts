@@ -15,14 +15,26 @@ export type IommufdChoice = 'on' | 'off' | 'auto';
 export interface AddressSpaceOptions {
   /** Default backend choice for attach: iommufd on, off (legacy), or auto (iommufd where the kernel and device have it). */
   readonly iommufd?: IommufdChoice;
-  /** Host page size: mappings are aligned to it (default 4 KiB). */
+  /** Host page size: mappings are aligned to it (default: the kernel's, `Kernel.systemPageSize`, else 4 KiB). */
   readonly pageSize?: bigint;
+  /**
+   * An iommufd opened by the caller (libvirt passes one: `-object iommufd,fd=N`; see
+   * `Kernel.adoptIommufd`). Several address spaces may share it, each with IOASes of its own;
+   * the space never closes it: whoever opened it does, after closing the spaces.
+   */
+  readonly iommufdHandle?: IommufdHandle;
 }
 
 export interface AttachOptions {
   readonly iommufd?: IommufdChoice;
   /** A display name (default: the located device's name). */
   readonly name?: string;
+  /**
+   * The device's VFIO cdev, opened by the caller (`vfio-pci,fd=N`) and not yet bound. The space
+   * owns it from the call on, as QEMU does: it is closed on detach, and on a failed attach (a
+   * bound cdev cannot be unbound).
+   */
+  readonly fd?: number;
 }
 
 export interface MapRequest {
@@ -103,9 +115,12 @@ export class AddressSpace {
   readonly pageSize: bigint;
 
   constructor(readonly kernel: Kernel, private readonly options: AddressSpaceOptions = {}) {
-    const pageSize = options.pageSize ?? 4096n;
+    const pageSize = options.pageSize ?? kernel.systemPageSize ?? 4096n;
     if (pageSize <= 0n || (pageSize & (pageSize - 1n)) !== 0n) throw new InvalidArgumentError('pageSize', `must be a power of two, got ${pageSize}`);
     this.pageSize = pageSize;
+    if (options.iommufdHandle !== undefined && (typeof options.iommufdHandle !== 'object' || options.iommufdHandle.closed)) {
+      throw new InvalidArgumentError('iommufdHandle', 'must be an open iommufd handle');
+    }
   }
 
   get containers(): readonly Container[] {
@@ -188,7 +203,7 @@ export class AddressSpace {
         this.mappingList.splice(this.mappingList.indexOf(mapping), 1);
         if (mapping.ownsMemory) mapping.memory.release();
       }
-      this.iommufd?.close();
+      if (this.iommufd !== this.options.iommufdHandle) this.iommufd?.close();
       this.iommufd = undefined;
       this.closed = true;
     });
@@ -217,8 +232,13 @@ export class AddressSpace {
       const found = this.kernel.locateDevice(location);
       const name = options.name ?? found.name;
       if (this.deviceList.some((d) => d.name === name)) throw new InvalidArgumentError('device', `${name} is already attached to this address space`);
-      const backend = this.chooseBackend(found, choice);
-      attach = (undo) => (backend === 'iommufd' ? this.attachIommufd(found, name, undo) : this.attachLegacy(found, name, undo));
+      const backend = this.chooseBackend(found, options.fd !== undefined && choice === 'auto' ? 'on' : choice);
+      if (options.fd !== undefined) {
+        if (!Number.isInteger(options.fd) || options.fd < 0) throw new InvalidArgumentError('fd', `must be an open file descriptor number, got ${String(options.fd)}`);
+        if (backend !== 'iommufd') throw new InvalidArgumentError('fd', 'a passed device fd is a VFIO cdev: it needs iommufd on');
+        if (!this.kernel.adoptDeviceFd) throw new VfioSetupError(`the ${this.kernel.name} kernel cannot take a passed device fd`);
+      }
+      attach = (undo) => (backend === 'iommufd' ? this.attachIommufd(found, name, undo, options.fd) : this.attachLegacy(found, name, undo));
     }
     const undo = new UndoStack();
     let device: Device;
@@ -256,6 +276,12 @@ export class AddressSpace {
 
   private openIommufd(undo: UndoStack): IommufdHandle {
     if (this.iommufd) return this.iommufd;
+    const passed = this.options.iommufdHandle;
+    if (passed) {
+      if (passed.closed) throw new InvalidArgumentError('iommufdHandle', 'was closed by its owner');
+      this.iommufd = passed; // not ours to close
+      return passed;
+    }
     const handle = this.kernel.openIommufd();
     this.iommufd = handle;
     undo.push('close iommufd', () => {
@@ -265,9 +291,9 @@ export class AddressSpace {
     return handle;
   }
 
-  private attachIommufd(found: DeviceLocation, name: string, undo: UndoStack): Device {
+  private attachIommufd(found: DeviceLocation, name: string, undo: UndoStack, fd?: number): Device {
     const iommufd = this.openIommufd(undo);
-    const handle = this.kernel.openDevice(found.sysfsPath ?? found.name);
+    const handle = fd === undefined ? this.kernel.openDevice(found.sysfsPath ?? found.name) : this.kernel.adoptDeviceFd!(found.sysfsPath ?? found.name, fd);
     undo.push(`close ${name}`, () => handle.close());
     const devId = handle.bindIommufd(iommufd);
     // Read before choosing a HWPT: whether the IOMMU tracks dirty pages decides which HWPT fits.
@@ -277,8 +303,10 @@ export class AddressSpace {
     const place = (container: IommufdContainer) =>
       new Device(name, handle, 'iommufd', container, found, hostIommu, info, dmaLogging, found.groupId);
 
-    // Reuse a container of this iommufd: an attach refused with EINVAL means the IOAS does
-    // not fit the device (aperture, reserved regions); undo that try and take the next one.
+    // Reuse a container of this iommufd: any attach the kernel refuses (EINVAL for an
+    // incompatible domain, EADDRINUSE for an aperture or reserved-region clash, ...) means the
+    // IOAS does not fit the device; undo that try and take the next one, as QEMU's
+    // iommufd_cdev_attach does.
     for (const container of this.iommufdContainers()) {
       const mark = undo.mark;
       try {
@@ -288,7 +316,7 @@ export class AddressSpace {
         return this.adopt(device, container, undo);
       } catch (error) {
         const failures = undo.unwindTo(mark);
-        if (!isKernelError(error, 'EINVAL') || failures.length) throw error;
+        if (!isKernelError(error) || failures.length) throw error;
       }
     }
     const container = this.createIommufdContainer(iommufd, undo);
@@ -323,7 +351,10 @@ export class AddressSpace {
   private createIommufdContainer(iommufd: IommufdHandle, undo: UndoStack): IommufdContainer {
     const ioasId = iommufd.ioasAlloc();
     undo.push(`destroy IOAS ${ioasId}`, () => iommufd.destroy(ioasId));
-    const container = new IommufdContainer(iommufd, ioasId);
+    // A second IOAS in the same iommufd is filled with IOMMU_IOAS_COPY from one that holds the
+    // mapping: the pages pinned for the first are shared, not pinned again.
+    const container: IommufdContainer = new IommufdContainer(iommufd, ioasId, (mapping) =>
+      this.iommufdContainers().find((other) => other !== container && other.iommufd === iommufd && other.holds(mapping)));
     // Replay the space's mappings: the destroy above drops them all on failure.
     for (const mapping of this.mappingList) container.map(mapping);
     this.containerList.push(container);
@@ -474,6 +505,12 @@ export class AddressSpace {
     const overlap = this.mappingList.find((m) => m.iova < span.iova + span.size && span.iova < m.iova + m.size);
     if (overlap) {
       throw new InvalidArgumentError('map', `0x${span.iova.toString(16)}+0x${span.size.toString(16)} overlaps the mapping at 0x${overlap.iova.toString(16)}+0x${overlap.size.toString(16)}; unmap it first`);
+    }
+    // The IOAS alignment grows with the IOMMU page sizes of what is attached (iopt->iova_alignment).
+    for (const container of this.containerList) {
+      if (span.iova % container.alignment !== 0n || span.size % container.alignment !== 0n) {
+        throw new InvalidArgumentError('map', `iova 0x${span.iova.toString(16)} and size 0x${span.size.toString(16)} must be multiples of the container's IOVA alignment 0x${container.alignment.toString(16)}`);
+      }
     }
     const memoryOffset = checkU64('memoryOffset', request.memoryOffset ?? 0n);
     if (request.memory && memoryOffset + span.size > request.memory.length) {

@@ -6,8 +6,8 @@ export type { ContainerTopology, HwptTopology, Mapping, UnmapBitmap } from './co
 export { Device, Hwpt } from './device.js';
 export type { DeviceBackend, DirtyTracker } from './device.js';
 export { VfioSetupError } from './errors.js';
-export { HostIommuInfo, decodeAmd, decodeSmmuV3, decodeVtd } from './host-iommu-info.js';
-export type { AmdRegisters, HostIommuType, SmmuV3Registers, VtdRegisters } from './host-iommu-info.js';
+export { HostIommuInfo, addressWidthOfRanges, decodeAmd, decodeSmmuV3, decodeVtd } from './host-iommu-info.js';
+export type { AmdRegisters, CompatibilityAnswer, HostIommuType, SmmuV3Registers, ViommuRequirements, VtdRegisters } from './host-iommu-info.js';
 export { IommufdContainer } from './iommufd-container.js';
 export { LegacyContainer } from './legacy-container.js';
 export { UndoStack } from './undo.js';

@@ -7,21 +7,45 @@ export class IommufdContainer extends Container {
   readonly backend = 'iommufd' as const;
   readonly supportsType1DirtyTracking = false;
   readonly autoDomains: AutoDomains;
+  private readonly held = new Set<Mapping>();
 
-  constructor(readonly iommufd: IommufdHandle, readonly ioasId: number) {
+  /**
+   * `copySource` names another IOAS of the same iommufd that already holds a mapping: the
+   * mapping is then copied from it (IOMMU_IOAS_COPY) rather than mapped, and pinned again.
+   */
+  constructor(
+    readonly iommufd: IommufdHandle,
+    readonly ioasId: number,
+    private readonly copySource?: (mapping: Mapping) => IommufdContainer | undefined,
+  ) {
     super();
     this.autoDomains = new AutoDomains(iommufd, ioasId);
   }
 
+  /** True when the mapping is in this IOAS. */
+  holds(mapping: Mapping): boolean {
+    return this.held.has(mapping);
+  }
+
   map(mapping: Mapping): void {
-    this.iommufd.ioasMap({
-      ioasId: this.ioasId, memory: mapping.memory, memoryOffset: mapping.memoryOffset, length: mapping.size,
-      iova: mapping.iova, readable: true, writeable: !mapping.readonly,
-    });
+    const source = this.copySource?.(mapping);
+    if (source) {
+      this.iommufd.ioasCopy({
+        dstIoasId: this.ioasId, srcIoasId: source.ioasId, srcIova: mapping.iova, length: mapping.size,
+        dstIova: mapping.iova, readable: true, writeable: !mapping.readonly,
+      });
+    } else {
+      this.iommufd.ioasMap({
+        ioasId: this.ioasId, memory: mapping.memory, memoryOffset: mapping.memoryOffset, length: mapping.size,
+        iova: mapping.iova, readable: true, writeable: !mapping.readonly,
+      });
+    }
+    this.held.add(mapping);
   }
 
   unmap(iova: bigint, size: bigint): void {
     this.iommufd.ioasUnmap(this.ioasId, iova, size);
+    for (const mapping of this.held) if (mapping.iova >= iova && mapping.iova + mapping.size <= iova + size) this.held.delete(mapping);
   }
 
   refreshIovaRanges(): void {

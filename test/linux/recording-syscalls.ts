@@ -71,7 +71,10 @@ export class RecordingSyscalls implements Syscalls {
     return address;
   }
 
-  munmap(): number {
+  readonly unmapped: bigint[] = [];
+
+  munmap(address: bigint): number {
+    this.unmapped.push(address);
     return 0;
   }
 
@@ -85,5 +88,33 @@ export class RecordingSyscalls implements Syscalls {
 
   pwrite(): number {
     return -1;
+  }
+
+  readonly madvised: { address: bigint; length: bigint; advice: number }[] = [];
+  /** The next madvise fails with this errno (once). */
+  madviseErrno: number | undefined;
+
+  madvise(address: bigint, length: bigint, advice: number): number {
+    if (this.madviseErrno !== undefined) {
+      this.lastErrno = this.madviseErrno;
+      this.madviseErrno = undefined;
+      return -1;
+    }
+    this.madvised.push({ address, length, advice });
+    return 0;
+  }
+
+  /** The page size the recorded host has (4 KiB unless a test sets another). */
+  hostPageSize = 4096;
+
+  pageSize(): number {
+    return this.hostPageSize;
+  }
+
+  /** major:minor fstat reports per fd (a test sets what the opened node is). */
+  readonly deviceNumbers = new Map<number, string>();
+
+  deviceNumber(fd: number): string | undefined {
+    return this.deviceNumbers.get(fd);
   }
 }

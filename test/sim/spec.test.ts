@@ -79,8 +79,9 @@ describe('IOMMU_GET_HW_INFO of simulated devices', () => {
     expect(info.data.byteLength).toBe(iommu_hw_info_vtd.size);
   });
 
-  it('intel-vtd defaults: ECAP.SLADS (bit 47) set exactly when the device declares dirty tracking', () => {
-    const slads = (info: { data: Uint8Array }) => (iommu_hw_info_vtd.readBigint(info.data, 'ecap_reg') >> 47n) & 1n;
+  it('intel-vtd defaults: ECAP.SLADS (bit 45) set exactly when the device declares dirty tracking', () => {
+    // drivers/iommu/intel/iommu.h: #define ecap_slads(e) (((e) >> 45) & 0x1); bit 47 is ecap_flts.
+    const slads = (info: { data: Uint8Array }) => (iommu_hw_info_vtd.readBigint(info.data, 'ecap_reg') >> 45n) & 1n;
     expect(slads(hwInfo({ iommuType: 'intel-vtd', iommuDirtyTracking: true }))).toBe(1n);
     expect(slads(hwInfo({ iommuType: 'intel-vtd' }))).toBe(0n);
   });

@@ -1,7 +1,8 @@
 import * as uapi from '../../uapi/index.js';
 import { InvalidArgumentError, isKernelError } from '../errors.js';
-import type { DeviceHandle, DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, KernelOptions, RegionInfo } from '../types.js';
+import type { DeviceHandle, DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, KernelOptions, PciHotResetInfo, RegionInfo } from '../types.js';
 import { checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64 } from '../validate.js';
+import { KernelAnswerError } from './errors.js';
 import { IoctlIssuer, structBytes } from './ioctl.js';
 import type { Syscalls } from './libc.js';
 
@@ -11,8 +12,32 @@ const {
   vfio_device_feature_dma_logging_report,
 } = uapi;
 
-/** The most ranges DMA_LOGGING_START takes (PAGE_SIZE / sizeof(range)); more is E2BIG. */
-export const DMA_LOGGING_MAX_RANGES = 4096 / vfio_device_feature_dma_logging_range.size;
+/** @deprecated The limit depends on the page size: uapi.dmaLoggingMaxRanges(pageSize). This is its 4 KiB value. */
+export const DMA_LOGGING_MAX_RANGES = uapi.dmaLoggingMaxRanges(4096);
+
+/** Decodes VFIO_DEVICE_GET_PCI_HOT_RESET_INFO's struct and its `count` devices. */
+export function decodeHotResetInfo(bytes: Uint8Array): PciHotResetInfo {
+  const flags = uapi.vfio_pci_hot_reset_info.readNumber(bytes, 'flags');
+  const count = uapi.vfio_pci_hot_reset_info.readNumber(bytes, 'count');
+  const header = uapi.vfio_pci_hot_reset_info.size;
+  const entry = uapi.vfio_pci_dependent_device.size;
+  if (header + count * entry > bytes.byteLength) throw new KernelAnswerError('VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', `${count} devices do not fit ${bytes.byteLength} bytes`);
+  const byDevId = (flags & uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID) !== 0;
+  const devices = Array.from({ length: count }, (_, index) => {
+    const base = header + index * entry;
+    const id = uapi.vfio_pci_dependent_device.readNumber(bytes, 'group_id', base);
+    const segment = uapi.vfio_pci_dependent_device.readNumber(bytes, 'segment', base);
+    const bus = uapi.vfio_pci_dependent_device.readNumber(bytes, 'bus', base);
+    const devfn = uapi.vfio_pci_dependent_device.readNumber(bytes, 'devfn', base);
+    const hex = (value: number, width: number) => value.toString(16).padStart(width, '0');
+    return {
+      groupId: byDevId ? undefined : id,
+      devId: byDevId ? id : undefined,
+      pciAddress: `${hex(segment, 4)}:${hex(bus, 2)}:${hex(devfn >> 3, 2)}.${devfn & 7}`,
+    };
+  });
+  return { flags, devices };
+}
 
 /** A VFIO device fd: a cdev (`/dev/vfio/devices/vfioN`) or one from VFIO_GROUP_GET_DEVICE_FD. */
 export class LinuxDevice implements DeviceHandle {
@@ -96,14 +121,14 @@ export class LinuxDevice implements DeviceHandle {
     const region = this.regionSpan(index, offset, BigInt(length));
     const buffer = structBytes(length);
     const n = this.io.check(this.io.sys.pread(this.fd, buffer, region + offset), 'pread', { index, offset });
-    if (n !== length) throw new InvalidArgumentError('length', `region ${index} gave ${n} of ${length} bytes at 0x${offset.toString(16)}`);
+    if (n !== length) throw new KernelAnswerError('pread', `region ${index} gave ${n} of ${length} bytes at 0x${offset.toString(16)}`);
     return buffer;
   }
 
   regionWrite(index: number, offset: bigint, data: Uint8Array): void {
     const region = this.regionSpan(index, offset, BigInt(data.byteLength));
     const n = this.io.check(this.io.sys.pwrite(this.fd, data, region + offset), 'pwrite', { index, offset });
-    if (n !== data.byteLength) throw new InvalidArgumentError('data', `region ${index} took ${n} of ${data.byteLength} bytes`);
+    if (n !== data.byteLength) throw new KernelAnswerError('pwrite', `region ${index} took ${n} of ${data.byteLength} bytes`);
   }
 
   reset(): void {
@@ -128,8 +153,9 @@ export class LinuxDevice implements DeviceHandle {
     if (this.validate) {
       checkPageSize('pageSize', pageSize);
       if (ranges.length === 0) throw new InvalidArgumentError('ranges', 'must list at least one IOVA range');
-      if (ranges.length > DMA_LOGGING_MAX_RANGES) {
-        throw new InvalidArgumentError('ranges', `${ranges.length} ranges; the kernel takes at most ${DMA_LOGGING_MAX_RANGES}: combine them first`);
+      const maximum = uapi.dmaLoggingMaxRanges(this.io.sys.pageSize());
+      if (ranges.length > maximum) {
+        throw new InvalidArgumentError('ranges', `${ranges.length} ranges; the kernel takes at most ${maximum} (PAGE_SIZE / 16): combine them first`);
       }
       ranges.forEach((range, index) => checkRange(`ranges[${index}]`, range.iova, range.length));
     }
@@ -163,6 +189,38 @@ export class LinuxDevice implements DeviceHandle {
     this.call('VFIO_DEVICE_FEATURE', uapi.VFIO_DEVICE_FEATURE, s, {
       feature: 'DMA_LOGGING_REPORT', iova: request.iova, length: request.length, page_size: request.pageSize,
     }, pointers);
+  }
+
+  getPciHotResetInfo(): PciHotResetInfo {
+    const header = uapi.vfio_pci_hot_reset_info.size;
+    const entry = uapi.vfio_pci_dependent_device.size;
+    let capacity = 8;
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const s = structBytes(header + capacity * entry);
+      uapi.vfio_pci_hot_reset_info.write(s, { argsz: s.byteLength });
+      try {
+        this.call('VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', uapi.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, s, {});
+      } catch (error) {
+        // ENOSPC: the kernel wrote the count it needs.
+        if (isKernelError(error, 'ENOSPC')) {
+          capacity = Math.max(capacity + 1, uapi.vfio_pci_hot_reset_info.readNumber(s, 'count'));
+          continue;
+        }
+        throw error;
+      }
+      return decodeHotResetInfo(s);
+    }
+    throw new KernelAnswerError('VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', 'the affected-device count kept growing');
+  }
+
+  pciHotReset(groupFds: readonly number[]): void {
+    if (this.validate) groupFds.forEach((fd, index) => checkU32(`groupFds[${index}]`, fd));
+    const header = uapi.vfio_pci_hot_reset.size;
+    const s = structBytes(header + 4 * groupFds.length);
+    uapi.vfio_pci_hot_reset.write(s, { argsz: s.byteLength, flags: 0, count: groupFds.length });
+    const view = new DataView(s.buffer);
+    groupFds.forEach((fd, index) => view.setInt32(header + 4 * index, fd, true));
+    this.call('VFIO_DEVICE_PCI_HOT_RESET', uapi.VFIO_DEVICE_PCI_HOT_RESET, s, { count: groupFds.length });
   }
 
   close(): void {

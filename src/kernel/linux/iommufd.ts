@@ -53,10 +53,11 @@ export class LinuxIommufd implements IommufdHandle {
   private readonly mappings = new MappingReferences();
   private isClosed = false;
 
-  constructor(sys: Syscalls, options: KernelOptions = {}, path = '/dev/iommu') {
+  /** Opens `path`, or with `existingFd` takes that already open iommufd (closed by close()). */
+  constructor(sys: Syscalls, options: KernelOptions = {}, path = '/dev/iommu', existingFd?: number) {
     this.io = new IoctlIssuer(sys);
     this.validate = options.validateArguments ?? true;
-    this.fd = this.io.check(sys.open(path, O_RDWR | O_CLOEXEC), 'open', { path });
+    this.fd = existingFd ?? this.io.check(sys.open(path, O_RDWR | O_CLOEXEC), 'open', { path });
     this.test = new LinuxIommufdTestOps(this, this.io);
   }
 

@@ -1,5 +1,6 @@
 import * as uapi from '../../uapi/index.js';
 import { InvalidArgumentError } from '../errors.js';
+import { KernelAnswerError } from './errors.js';
 import type { DeviceHandle, DirtyBitmapRequest, GroupHandle, IovaRange, KernelOptions, LegacyContainerHandle, Type1Info, Type1MapRequest } from '../types.js';
 import { checkBitmapRequest, checkRange, checkU32, checkU64 } from '../validate.js';
 import { LinuxDevice } from './device.js';
@@ -29,14 +30,14 @@ export function parseType1Info(bytes: Uint8Array): Type1Info {
   let offset = flags & uapi.VFIO_IOMMU_INFO_CAPS ? vfio_iommu_type1_info.readNumber(bytes, 'cap_offset') : 0;
   for (let count = 0; offset !== 0; count++) {
     if (count >= MAX_CAPABILITIES || offset < vfio_iommu_type1_info.size || offset + vfio_info_cap_header.size > bytes.byteLength) {
-      throw new InvalidArgumentError('VFIO_IOMMU_GET_INFO', `capability chain is corrupt at offset ${offset}`);
+      throw new KernelAnswerError('VFIO_IOMMU_GET_INFO', `capability chain is corrupt at offset ${offset}`);
     }
     const id = vfio_info_cap_header.readNumber(bytes, 'id', offset);
     if (id === uapi.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) {
       const count = vfio_iommu_type1_info_cap_iova_range.readNumber(bytes, 'nr_iovas', offset);
       const first = offset + vfio_iommu_type1_info_cap_iova_range.offsetOf('iova_ranges');
       if (first + count * vfio_iova_range.size > bytes.byteLength) {
-        throw new InvalidArgumentError('VFIO_IOMMU_GET_INFO', `IOVA range capability lists ${count} ranges past the end`);
+        throw new KernelAnswerError('VFIO_IOMMU_GET_INFO', `IOVA range capability lists ${count} ranges past the end`);
       }
       iovaRanges = [];
       for (let index = 0; index < count; index++) {
@@ -99,7 +100,7 @@ export class LinuxLegacyContainer implements LegacyContainerHandle {
       if (needed <= size) return parseType1Info(s);
       size = needed;
     }
-    throw new InvalidArgumentError('VFIO_IOMMU_GET_INFO', 'the capability chain kept growing');
+    throw new KernelAnswerError('VFIO_IOMMU_GET_INFO', 'the capability chain kept growing');
   }
 
   mapDma(request: Type1MapRequest): void {

@@ -1,6 +1,7 @@
 // The only module that imports koffi: libc's open/close/ioctl/mmap/munmap/pread/pwrite, with
 // errno read right after each call. Everything else in linux/ goes through `Syscalls`, so the
 // encoding logic can be unit-tested with recorded fixtures and no kernel.
+import { fstatSync } from 'node:fs';
 import koffi from 'koffi';
 
 export const O_RDWR = 0o2;
@@ -11,6 +12,7 @@ export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MAP_FAILED = (1n << 64n) - 1n;
+export const MADV_DONTFORK = 10;
 
 /** An ioctl argument: a struct's bytes, an integer (passed as unsigned long), a string, or none. */
 export type IoctlArgument = Uint8Array | number | string | undefined;
@@ -34,6 +36,23 @@ export interface Syscalls {
   view(address: bigint, length: number): Uint8Array;
   pread(fd: number, buffer: Uint8Array, offset: bigint): number;
   pwrite(fd: number, buffer: Uint8Array, offset: bigint): number;
+  madvise(address: bigint, length: bigint, advice: number): number;
+  /** sysconf(_SC_PAGESIZE). */
+  pageSize(): number;
+  /** fstat(fd).st_rdev as "major:minor" (the form of sysfs `dev` files); undefined when fstat fails. */
+  deviceNumber(fd: number): string | undefined;
+}
+
+/**
+ * Where ioctl() parks the buffers a struct points into for the length of the call. A store to
+ * a module variable is visible outside the function, so no engine can drop it (a comparison
+ * that is always false, like `held.length < 0`, could be folded away with the reference).
+ */
+let heldDuringCall: readonly Uint8Array[] | undefined;
+
+/** For tests: the buffers held by the ioctl in progress (undefined between calls). */
+export function buffersHeldDuringCall(): readonly Uint8Array[] | undefined {
+  return heldDuringCall;
 }
 
 let cached: Syscalls | undefined;
@@ -49,18 +68,22 @@ export function libcSyscalls(): Syscalls {
   const munmap = libc.func('int munmap(void *addr, size_t length)');
   const pread = libc.func('long pread(int fd, void *buf, size_t count, int64_t offset)');
   const pwrite = libc.func('long pwrite(int fd, const void *buf, size_t count, int64_t offset)');
+  const madvise = libc.func('int madvise(void *addr, size_t length, int advice)');
+  const getpagesize = libc.func('int getpagesize(void)');
+  const pageSize = getpagesize() as number;
   cached = {
     open: (path, flags) => open(path, flags, 'int', 0) as number,
     close: (fd) => close(fd) as number,
     ioctl: (fd, request, arg, held) => {
-      let rc: number;
-      if (arg === undefined) rc = ioctl(fd, request) as number;
-      else if (typeof arg === 'number') rc = ioctl(fd, request, 'unsigned long', arg) as number;
-      else if (typeof arg === 'string') rc = ioctl(fd, request, 'const char *', arg) as number;
-      else rc = ioctl(fd, request, 'void *', arg) as number;
-      // Read after the call so that the engine cannot drop the buffers the struct points into.
-      if (held.length < 0) throw new Error('unreachable');
-      return rc;
+      heldDuringCall = held;
+      try {
+        if (arg === undefined) return ioctl(fd, request) as number;
+        if (typeof arg === 'number') return ioctl(fd, request, 'unsigned long', arg) as number;
+        if (typeof arg === 'string') return ioctl(fd, request, 'const char *', arg) as number;
+        return ioctl(fd, request, 'void *', arg) as number;
+      } finally {
+        heldDuringCall = undefined;
+      }
     },
     errno: () => koffi.errno(),
     address: (view) => {
@@ -76,6 +99,20 @@ export function libcSyscalls(): Syscalls {
     view: (address, length) => new Uint8Array(koffi.view(address, length)),
     pread: (fd, buffer, offset) => Number(pread(fd, buffer, buffer.byteLength, offset)),
     pwrite: (fd, buffer, offset) => Number(pwrite(fd, buffer, buffer.byteLength, offset)),
+    madvise: (address, length, advice) => madvise(address, length, advice) as number,
+    pageSize: () => pageSize,
+    deviceNumber: (fd) => {
+      let rdev: bigint;
+      try {
+        rdev = fstatSync(fd, { bigint: true }).rdev;
+      } catch {
+        return undefined;
+      }
+      // glibc's gnu_dev_major / gnu_dev_minor.
+      const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+      const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+      return `${major}:${minor}`;
+    },
   };
   return cached;
 }

@@ -1,8 +1,8 @@
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, KernelError } from '../errors.js';
 import type { HostMemory } from '../types.js';
 import { checkLength } from '../validate.js';
 import { IoctlIssuer } from './ioctl.js';
-import { MAP_ANONYMOUS, MAP_FAILED, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, type Syscalls } from './libc.js';
+import { MADV_DONTFORK, MAP_ANONYMOUS, MAP_FAILED, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, type Syscalls } from './libc.js';
 
 /**
  * Anonymous memory from mmap, for DMA mappings. Mappings take a reference (`retain`) and give
@@ -20,6 +20,14 @@ export class MmapMemory implements HostMemory {
     this.length = checkLength('length', length);
     const address = sys.mmap(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0n);
     if (address === MAP_FAILED) new IoctlIssuer(sys).check(-1, 'mmap', { length });
+    // DMA memory must not be copy-on-write in a child: after fork() the parent's next write
+    // would land in a new page while the device still writes the pinned old one (QEMU does
+    // the same for VFIO RAM, qemu_madvise(QEMU_MADV_DONTFORK)).
+    if (sys.madvise(address, length, MADV_DONTFORK) < 0) {
+      const errno = sys.errno();
+      sys.munmap(address, length);
+      throw new KernelError('madvise', errno, { advice: 'MADV_DONTFORK', length });
+    }
     this.address = address;
   }
 

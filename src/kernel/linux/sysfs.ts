@@ -1,6 +1,6 @@
-import { existsSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
+import { readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, KernelError } from '../errors.js';
 import type { DeviceLocation } from '../types.js';
 
 const PCI_ADDRESS = /^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
@@ -18,15 +18,15 @@ const WHAT_IS_ALLOWED =
 export function locateDevice(location: string, roots: SysfsRoots = { sys: '/sys' }): DeviceLocation {
   if (typeof location !== 'string' || location.length === 0) throw new InvalidArgumentError('device', `is empty: ${WHAT_IS_ALLOWED}`);
   const sysfsPath = sysfsPathOf(location, roots);
-  if (!sysfsPath || !existsSync(sysfsPath)) throw new InvalidArgumentError('device', `${JSON.stringify(location)} was not found: ${WHAT_IS_ALLOWED}`);
+  if (!sysfsPath) throw new InvalidArgumentError('device', `${JSON.stringify(location)} was not found: ${WHAT_IS_ALLOWED}`);
   const name = basename(sysfsPath);
-  const mdev = existsSync(join(sysfsPath, 'mdev_type'));
+  const mdev = exists(join(sysfsPath, 'mdev_type'));
   let cdevPath: string | undefined;
   try {
     const entries = readdirSync(join(sysfsPath, 'vfio-dev')).filter((entry) => entry.startsWith('vfio'));
     if (entries[0]) cdevPath = `/dev/vfio/devices/${entries[0]}`;
-  } catch {
-    cdevPath = undefined; // no VFIO cdev: not bound to a VFIO driver, or a kernel without VFIO_DEVICE_CDEV
+  } catch (error) {
+    absent(error, 'readdir', join(sysfsPath, 'vfio-dev')); // no VFIO cdev: not bound to a VFIO driver, or a kernel without VFIO_DEVICE_CDEV
   }
   return {
     name,
@@ -67,19 +67,40 @@ function sysfsPathOf(location: string, roots: SysfsRoots): string | undefined {
   return undefined;
 }
 
+/**
+ * Only "no such file" means absent. Anything else (ENOMEM, EIO, EACCES) is the kernel refusing
+ * the lookup: a KernelError, never a device reported missing.
+ */
+function absent(error: unknown, call: string, path: string): undefined {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EINVAL') return undefined; // EINVAL: readlink of a non-link
+  const errno = Math.abs((error as NodeJS.ErrnoException | undefined)?.errno ?? 0);
+  if (errno > 0) throw new KernelError(call, errno, { path });
+  throw error;
+}
+
+function exists(path: string): boolean {
+  try {
+    statSync(path);
+    return true;
+  } catch (error) {
+    return absent(error, 'stat', path) ?? false;
+  }
+}
+
 function resolve(path: string): string | undefined {
   try {
     return realpathSync(path);
-  } catch {
-    return undefined;
+  } catch (error) {
+    return absent(error, 'realpath', path);
   }
 }
 
 function linkName(path: string): string | undefined {
   try {
     return basename(readlinkSync(path));
-  } catch {
-    return undefined;
+  } catch (error) {
+    return absent(error, 'readlink', path);
   }
 }
 

@@ -17,6 +17,7 @@ import {
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
 } from '../../uapi/index.js';
+import * as uapi from '../../uapi/index.js';
 import { ERRNO } from '../errno.js';
 import { InvalidArgumentError, KernelError } from '../errors.js';
 import type {
@@ -26,6 +27,7 @@ import type {
   DmaLoggingRange,
   IommufdHandle,
   KernelOptions,
+  PciHotResetInfo,
   RegionInfo,
 } from '../types.js';
 import { checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
@@ -38,7 +40,8 @@ import type { IommuModel, SimulatedDeviceModel } from './spec.js';
 import type { SimulatedLegacyContainer } from './type1.js';
 
 /** The VFIO core's limit on DMA logging ranges: one kernel page of vfio_device_feature_dma_logging_range. */
-export const LOG_MAX_RANGES = 256;
+/** LOG_MAX_RANGES of drivers/vfio/vfio_main.c on a 4 KiB-page host. */
+export const LOG_MAX_RANGES = uapi.dmaLoggingMaxRanges(4096);
 const PCI_CONFIG_SIZE = 256;
 const VFIO_PCI_NUM_IRQS = 5;
 
@@ -118,6 +121,9 @@ export class SimulatedDevice implements IommuDevice {
   }
 
   /** The device was reset: BAR contents are lost. */
+  /** Hot resets this device went through (for tests). */
+  hotResets = 0;
+
   reset(): void {
     this.bar0 = undefined;
   }
@@ -143,6 +149,10 @@ export interface DeviceFileHost {
   readonly identity: object;
   /** The device file was closed (for the kernel's bookkeeping). */
   fileClosed(file: SimulatedDeviceFile): void;
+  /** The devices a PCI hot reset of `device` resets (itself included), or undefined when it has no slot or bus reset. */
+  pciResetSet(device: SimulatedDevice): SimulatedDevice[] | undefined;
+  /** The VFIO group open on `fd`, if that fd is an open group. */
+  groupOfFd(fd: number): SimulatedVfioGroup | undefined;
 }
 
 /** An open VFIO device file: a cdev, or a device fd from a legacy group. */
@@ -380,6 +390,66 @@ export class SimulatedDeviceFile implements DeviceHandle {
   }
 
   /** Closing unbinds (detaching first) and stops the device's DMA log, as vfio-pci's close_device does. */
+
+  /**
+   * What a dependent device is to this file's caller (vfio_pci_fill_devs): through a group fd
+   * its group ID; through a cdev its dev ID when bound to the same iommufd, VFIO_PCI_DEVID_OWNED
+   * when its group has a device bound there (iommufd_ctx_has_group), else NOT_OWNED.
+   */
+  private dependentId(device: SimulatedDevice): number {
+    if (this.kind === 'group') return device.group.groupId;
+    const context = this.iommufd!.context;
+    const bound = device.boundFile;
+    if (bound?.iommufd?.context === context && bound.devId !== undefined) return bound.devId;
+    if (device.group.devices.some((other) => other.boundFile?.iommufd?.context === context)) return uapi.VFIO_PCI_DEVID_OWNED;
+    return uapi.VFIO_PCI_DEVID_NOT_OWNED;
+  }
+
+  private resetSet(): SimulatedDevice[] {
+    if (this.device.model.mdev) fail('ENOTTY'); // not vfio-pci
+    const set = this.host.pciResetSet(this.device);
+    if (!set) fail('ENODEV'); // neither pci_probe_reset_slot nor pci_probe_reset_bus
+    return set;
+  }
+
+  getPciHotResetInfo(): PciHotResetInfo {
+    return this.ioctl('VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', {}, () => {
+      this.requireAccess();
+      const set = this.resetSet();
+      const devices = set.map((device) => ({
+        groupId: this.kind === 'group' ? device.group.groupId : undefined,
+        devId: this.kind === 'cdev' ? this.dependentId(device) : undefined,
+        pciAddress: device.model.pciAddress!,
+      }));
+      let flags = 0;
+      if (this.kind === 'cdev') {
+        flags |= uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID;
+        if (devices.every((d) => d.devId !== uapi.VFIO_PCI_DEVID_NOT_OWNED)) flags |= uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+      }
+      return { flags, devices };
+    });
+  }
+
+  pciHotReset(groupFds: readonly number[]): void {
+    if (this.validate) groupFds.forEach((fd, index) => checkU32(`groupFds[${index}]`, fd));
+    this.ioctl('VFIO_DEVICE_PCI_HOT_RESET', { count: groupFds.length }, () => {
+      this.requireAccess();
+      // A cdev passes no groups (ownership through its iommufd), a group-opened device some.
+      if ((groupFds.length > 0) === (this.kind === 'cdev')) fail('EINVAL');
+      const set = this.resetSet();
+      const groups = groupFds.map((fd) => this.host.groupOfFd(fd) ?? fail('EINVAL'));
+      // vfio_pci_dev_set_hot_reset: every affected device in the given groups, or in this iommufd.
+      for (const device of set) {
+        const owned = this.kind === 'group' ? groups.includes(device.group) : this.dependentId(device) !== uapi.VFIO_PCI_DEVID_NOT_OWNED;
+        if (!owned) fail('EPERM');
+      }
+      for (const device of set) {
+        device.reset();
+        device.hotResets++;
+      }
+    });
+  }
+
   close(): void {
     if (this.closedFlag) return;
     this.closedFlag = true;

@@ -81,6 +81,8 @@ export type DmaSource = string | DeviceHandle;
 
 export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Type1Host {
   readonly name = 'simulated' as const;
+  /** The simulated host is x86-64: 4 KiB base pages (hugetlbfs backing is hostPageSize). */
+  readonly systemPageSize = 4096n;
   readonly identity: object = this;
   readonly services: KernelServices = this;
   readonly devices: readonly SimulatedDeviceModel[];
@@ -242,6 +244,36 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
       mdev: model.mdev,
       driver: model.mdev ? 'vfio_mdev' : 'vfio-pci',
     };
+  }
+
+  pciResetSet(device: SimulatedDevice): SimulatedDevice[] | undefined {
+    const model = device.model;
+    if (model.mdev || model.pciReset === 'none' || !model.pciAddress) return undefined;
+    const bus = model.pciAddress.slice(0, 7); // DDDD:BB
+    return [...this.deviceStates.values()].filter((other) => !other.model.mdev && other.model.pciReset === 'bus' && other.model.pciAddress?.slice(0, 7) === bus);
+  }
+
+  groupOfFd(fd: number): SimulatedVfioGroup | undefined {
+    const handle = [...this.groupHandles].find((h) => h.fd === fd && !h.closed);
+    return handle?.group;
+  }
+
+  /** The fd of an iommufd opened on this kernel: its handle (the simulator has one object per open file). */
+  adoptIommufd(fd: number): IommufdHandle {
+    const handle = [...this.iommufds].find((h) => h.fd === fd && !h.closed);
+    if (!handle) throw new KernelError('fstat', ERRNO.EBADF, { fd });
+    return handle;
+  }
+
+  /** The fd of a cdev opened on this kernel and not yet bound, checked to be `location`'s. */
+  adoptDeviceFd(location: string, fd: number): DeviceHandle {
+    const device = this.find(location);
+    const file = [...this.deviceFiles].find((f) => f.fd === fd && !f.closed);
+    if (!file) throw new KernelError('fstat', ERRNO.EBADF, { fd });
+    if (file.kind !== 'cdev' || file.name !== device.name) {
+      throw new InvalidArgumentError('fd', `fd ${fd} is ${file.kind === 'cdev' ? `${file.name}'s cdev` : `a group device fd of ${file.name}`}, not ${device.name}'s cdev`);
+    }
+    return file;
   }
 
   locateDevice(location: string): DeviceLocation {

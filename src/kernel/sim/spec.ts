@@ -108,6 +108,11 @@ export const SimulatedDeviceSpec = z
     addressWidth: z.number().int().min(20).max(64).optional(),
     /** Size of BAR0 (region 0), readable and writable through the device fd. */
     bar0Size: PowerOfTwo.default(4096n),
+    /**
+     * PCI hot reset: `bus` (a secondary bus reset, which resets every device on its segment:bus)
+     * or `none` (no slot or bus reset, as for a device alone on a root bus: ENODEV).
+     */
+    pciReset: z.enum(['bus', 'none']).default('bus'),
   })
   .strict()
   .superRefine((spec, context) => {
@@ -183,6 +188,7 @@ export interface SimulatedDeviceModel {
   readonly iommu: IommuModel | undefined;
   readonly dmaLogging: DmaLoggingModel | undefined;
   readonly bar0Size: bigint;
+  readonly pciReset: 'bus' | 'none';
 }
 
 const KIB = 1024n;
@@ -215,10 +221,10 @@ const HW_INFO_TYPE: Record<IommuType, number> = {
 
 // Illustrative register defaults. The dirty-tracking bits the Linux drivers look at are set when
 // the device declares iommuDirtyTracking and the register is not given explicitly:
-//   VT-d ECAP.SMTS (bit 43) + ECAP.SLADS (bit 47), SMMUv3 IDR0.HTTU = 2 (bits 7:6), AMD EFR.HDSUP (bit 52).
+//   VT-d ECAP.SMTS (bit 43) + ECAP.SLADS (bit 45; intel/iommu.h ecap_slads), SMMUv3 IDR0.HTTU = 2 (bits 7:6), AMD EFR.HDSUP (bit 52).
 const VTD_CAP_DEFAULT = 0x00d2_008c_2226_0206n;
 const VTD_ECAP_DEFAULT = 0x0000_0000_00f0_101en;
-const VTD_ECAP_DIRTY = (1n << 43n) | (1n << 47n);
+const VTD_ECAP_DIRTY = (1n << 43n) | (1n << 45n);
 const SMMU_IDR0_DEFAULT = 0x0b00_5a3b;
 const SMMU_IDR0_HTTU_MASK = 0b11 << 6;
 const SMMU_IDR0_HTTU_ACCESS_DIRTY = 0b10 << 6;
@@ -346,6 +352,7 @@ export function resolveDeviceSpecs(inputs: readonly SimulatedDeviceSpecInput[]):
           }
         : undefined,
       bar0Size: spec.bar0Size,
+      pciReset: spec.pciReset,
     };
   });
 }

@@ -161,6 +161,14 @@ function reportSuite(boot, dir, stepInfo) {
       ` (${stepInfo.secs.toFixed(1)} s, exit ${stepInfo.rc}${stepInfo.rc === 124 ? ', TIMED OUT' : ''})`,
   );
   for (const f of failures) say(`    FAILED  ${f}`);
+  // test/kernel/fail-nth.test.ts: the kernel's fail_nth on the library's own call paths.
+  const failNth = read(join(dir, 'library-fail-nth.json'));
+  if (failNth !== undefined) {
+    const f = JSON.parse(failNth);
+    say(`  library fail_nth: ${f.paths} call paths, ${f.injectionPoints} injection points, ${f.leaked} leaked`);
+    for (const p of f.results) say(`    ${p.backend}: ${p.name}: ${p.injectionPoints} points (${p.survived} survived)${p.leaked ? `, ${p.leaked} LEAKED` : ''}`);
+    if (f.leaked) fail(EXIT_TESTS_FAILED, `${label}: library fail_nth leaked ${f.leaked} times`);
+  }
   if (failures.length) fail(EXIT_TESTS_FAILED, `${label}: ${failures.length} failed`);
   if (stepInfo.rc !== 0 && failures.length === 0)
     fail(EXIT_TESTS_FAILED, `${label}: vitest exited ${stepInfo.rc} (see ${join(dir, 'vitest.log')})`);

@@ -190,6 +190,20 @@ export class RecordingSyscalls implements Syscalls {
     if (n < 0) this.lastErrno = this.real.errno();
     return n;
   }
+
+  madvise(address: bigint, length: bigint, advice: number): number {
+    const rc = this.real.madvise(address, length, advice);
+    if (rc < 0) this.lastErrno = this.real.errno();
+    return rc;
+  }
+
+  pageSize(): number {
+    return this.real.pageSize();
+  }
+
+  deviceNumber(fd: number): string | undefined {
+    return this.real.deviceNumber(fd);
+  }
 }
 
 let shared: { syscalls: RecordingSyscalls; kernel: LinuxKernel } | undefined;
@@ -227,6 +241,7 @@ export const SHIM_IOCTLS = [
   // device.ts: LinuxDevice (cdev, or a device fd from a group)
   'VFIO_DEVICE_BIND_IOMMUFD', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', 'VFIO_DEVICE_DETACH_IOMMUFD_PT', 'VFIO_DEVICE_GET_INFO',
   'VFIO_DEVICE_GET_REGION_INFO', 'VFIO_DEVICE_RESET', 'VFIO_DEVICE_FEATURE',
+  'VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', 'VFIO_DEVICE_PCI_HOT_RESET',
   // legacy.ts: LinuxLegacyContainer and LinuxGroup
   'VFIO_GET_API_VERSION', 'VFIO_CHECK_EXTENSION', 'VFIO_SET_IOMMU', 'VFIO_IOMMU_GET_INFO', 'VFIO_IOMMU_MAP_DMA',
   'VFIO_IOMMU_UNMAP_DMA', 'VFIO_IOMMU_DIRTY_PAGES', 'VFIO_GROUP_GET_STATUS', 'VFIO_GROUP_SET_CONTAINER',
@@ -256,6 +271,9 @@ export const KNOWN_GAPS: Record<string, string> = {
     'success needs a device with DMA logging (mlx5/pds/hisi vfio-pci variant drivers); QEMU emulates none: edu answers ENOTTY',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_STOP SET': 'as DMA_LOGGING_START: edu answers ENOTTY',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_REPORT GET': 'as DMA_LOGGING_START: edu answers ENOTTY',
+  VFIO_DEVICE_GET_PCI_HOT_RESET_INFO:
+    'edu is alone on the root bus: no slot reset and no bus reset (pci_probe_reset_bus needs a bridge), so the kernel answers ENODEV',
+  VFIO_DEVICE_PCI_HOT_RESET: 'as GET_PCI_HOT_RESET_INFO: edu has no slot or bus reset (ENODEV)',
 };
 
 interface CoverageFile {
