@@ -1,4 +1,4 @@
-// The only module that imports koffi: libc's open/close/ioctl/mmap/munmap/pread/pwrite, with
+// The only module that imports koffi: libc's open/close/ioctl/mmap/munmap/pread/pwrite/read/write/fcntl, with
 // errno read right after each call. Everything else in linux/ goes through `Syscalls`, so the
 // encoding logic can be unit-tested with recorded fixtures and no kernel.
 import koffi from 'koffi';
@@ -11,6 +11,9 @@ export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MAP_FAILED = (1n << 64n) - 1n;
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const O_NONBLOCK = 0o4000;
 
 /** An ioctl argument: a struct's bytes, an integer (passed as unsigned long), a string, or none. */
 export type IoctlArgument = Uint8Array | number | string | undefined;
@@ -34,6 +37,11 @@ export interface Syscalls {
   view(address: bigint, length: number): Uint8Array;
   pread(fd: number, buffer: Uint8Array, offset: bigint): number;
   pwrite(fd: number, buffer: Uint8Array, offset: bigint): number;
+  /** read(2)/write(2) of the whole view (stream fds: migration data). */
+  read(fd: number, buffer: Uint8Array): number;
+  write(fd: number, buffer: Uint8Array): number;
+  /** fcntl(2) with an int argument (F_GETFL, F_SETFL). */
+  fcntl(fd: number, command: number, argument: number): number;
 }
 
 let cached: Syscalls | undefined;
@@ -49,6 +57,9 @@ export function libcSyscalls(): Syscalls {
   const munmap = libc.func('int munmap(void *addr, size_t length)');
   const pread = libc.func('long pread(int fd, void *buf, size_t count, int64_t offset)');
   const pwrite = libc.func('long pwrite(int fd, const void *buf, size_t count, int64_t offset)');
+  const read = libc.func('long read(int fd, void *buf, size_t count)');
+  const write = libc.func('long write(int fd, const void *buf, size_t count)');
+  const fcntl = libc.func('int fcntl(int fd, int cmd, ...)');
   cached = {
     open: (path, flags) => open(path, flags, 'int', 0) as number,
     close: (fd) => close(fd) as number,
@@ -76,6 +87,9 @@ export function libcSyscalls(): Syscalls {
     view: (address, length) => new Uint8Array(koffi.view(address, length)),
     pread: (fd, buffer, offset) => Number(pread(fd, buffer, buffer.byteLength, offset)),
     pwrite: (fd, buffer, offset) => Number(pwrite(fd, buffer, buffer.byteLength, offset)),
+    read: (fd, buffer) => Number(read(fd, buffer, buffer.byteLength)),
+    write: (fd, buffer) => Number(write(fd, buffer, buffer.byteLength)),
+    fcntl: (fd, command, argument) => fcntl(fd, command, 'int', argument) as number,
   };
   return cached;
 }

@@ -150,6 +150,10 @@ export class RecordingSyscalls implements Syscalls {
       result = new KernelError(name, this.lastErrno).code;
     } else if (name === 'VFIO_GROUP_GET_DEVICE_FD') {
       this.kinds.set(rc, 'device');
+    } else if (detail === 'MIG_DEVICE_STATE SET' && arg instanceof Uint8Array) {
+      // A SET that returns a migration data fd: VFIO_MIG_GET_PRECOPY_INFO goes to it.
+      const dataFd = new DataView(arg.buffer, arg.byteOffset).getInt32(12, true);
+      if (dataFd >= 0) this.kinds.set(dataFd, 'device');
     }
     this.records.push({ name, detail, kind, result });
     return rc;
@@ -190,6 +194,30 @@ export class RecordingSyscalls implements Syscalls {
     if (n < 0) this.lastErrno = this.real.errno();
     return n;
   }
+
+  /** Bytes read from and written to migration data fds. */
+  dataBytesRead = 0;
+  dataBytesWritten = 0;
+
+  read(fd: number, buffer: Uint8Array): number {
+    const n = this.real.read(fd, buffer);
+    if (n < 0) this.lastErrno = this.real.errno();
+    else this.dataBytesRead += n;
+    return n;
+  }
+
+  write(fd: number, buffer: Uint8Array): number {
+    const n = this.real.write(fd, buffer);
+    if (n < 0) this.lastErrno = this.real.errno();
+    else this.dataBytesWritten += n;
+    return n;
+  }
+
+  fcntl(fd: number, command: number, argument: number): number {
+    const rc = this.real.fcntl(fd, command, argument);
+    if (rc < 0) this.lastErrno = this.real.errno();
+    return rc;
+  }
 }
 
 let shared: { syscalls: RecordingSyscalls; kernel: LinuxKernel } | undefined;
@@ -227,6 +255,8 @@ export const SHIM_IOCTLS = [
   // device.ts: LinuxDevice (cdev, or a device fd from a group)
   'VFIO_DEVICE_BIND_IOMMUFD', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', 'VFIO_DEVICE_DETACH_IOMMUFD_PT', 'VFIO_DEVICE_GET_INFO',
   'VFIO_DEVICE_GET_REGION_INFO', 'VFIO_DEVICE_RESET', 'VFIO_DEVICE_FEATURE',
+  // migration-data.ts: LinuxMigrationData (the data fd a MIG_DEVICE_STATE SET returns)
+  'VFIO_MIG_GET_PRECOPY_INFO',
   // legacy.ts: LinuxLegacyContainer and LinuxGroup
   'VFIO_GET_API_VERSION', 'VFIO_CHECK_EXTENSION', 'VFIO_SET_IOMMU', 'VFIO_IOMMU_GET_INFO', 'VFIO_IOMMU_MAP_DMA',
   'VFIO_IOMMU_UNMAP_DMA', 'VFIO_IOMMU_DIRTY_PAGES', 'VFIO_GROUP_GET_STATUS', 'VFIO_GROUP_SET_CONTAINER',
@@ -242,6 +272,8 @@ export const SHIM_DETAILS = [
   'IOMMU_HWPT_GET_DIRTY_BITMAP clear', 'IOMMU_HWPT_GET_DIRTY_BITMAP NO_CLEAR',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_START SET|PROBE', 'VFIO_DEVICE_FEATURE DMA_LOGGING_START SET',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_STOP SET', 'VFIO_DEVICE_FEATURE DMA_LOGGING_REPORT GET',
+  'VFIO_DEVICE_FEATURE MIGRATION GET', 'VFIO_DEVICE_FEATURE MIG_DEVICE_STATE GET', 'VFIO_DEVICE_FEATURE MIG_DEVICE_STATE SET',
+  'VFIO_DEVICE_FEATURE MIG_DATA_SIZE GET',
   'VFIO_IOMMU_DIRTY_PAGES START', 'VFIO_IOMMU_DIRTY_PAGES STOP', 'VFIO_IOMMU_DIRTY_PAGES GET_BITMAP',
   'VFIO_IOMMU_UNMAP_DMA plain', 'VFIO_IOMMU_UNMAP_DMA GET_DIRTY_BITMAP', 'VFIO_IOMMU_UNMAP_DMA ALL',
 ] as const;
