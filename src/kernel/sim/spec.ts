@@ -13,6 +13,7 @@ import {
   iommu_hw_info_vtd,
 } from '../../uapi/index.js';
 import { InvalidArgumentError } from '../errors.js';
+import { MigrationSpec, migrationModel, type MigrationModel } from './migration.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -108,6 +109,8 @@ export const SimulatedDeviceSpec = z
     addressWidth: z.number().int().min(20).max(64).optional(),
     /** Size of BAR0 (region 0), readable and writable through the device fd. */
     bar0Size: PowerOfTwo.default(4096n),
+    /** VFIO migration v2 (its state is BAR0), or false. */
+    migration: z.union([z.literal(false), MigrationSpec]).default(false),
   })
   .strict()
   .superRefine((spec, context) => {
@@ -183,6 +186,7 @@ export interface SimulatedDeviceModel {
   readonly iommu: IommuModel | undefined;
   readonly dmaLogging: DmaLoggingModel | undefined;
   readonly bar0Size: bigint;
+  readonly migration: MigrationModel | undefined;
 }
 
 const KIB = 1024n;
@@ -346,6 +350,7 @@ export function resolveDeviceSpecs(inputs: readonly SimulatedDeviceSpecInput[]):
           }
         : undefined,
       bar0Size: spec.bar0Size,
+      migration: spec.migration ? migrationModel(spec.migration) : undefined,
     };
   });
 }
