@@ -9,6 +9,7 @@ import { linuxKernel } from '../../src/kernel/linux/index.js';
 import type { ContractTarget } from '../contract/context.js';
 import { defineContract } from '../contract/index.js';
 import { edu, inKernelGuest, onVirtioIommu } from './harness/guest-env.js';
+import { hasMtty, mttyMigration } from './support/mtty.js';
 
 /** This process's open fds on /dev/iommu and /dev/vfio: the kernel objects a test could leak. */
 function vfioFds(): string[] {
@@ -34,6 +35,7 @@ export const realTarget: ContractTarget = {
       plainDevice: edu.bdf,
       plainGroupId: Number(basename(edu.group)),
       sim: undefined,
+      migration: hasMtty ? mttyMigration : undefined,
       // Closing every fd releases every object on the real kernel: no fd left means nothing leaked.
       assertClean: () => expect(vfioFds()).toEqual(before),
     };

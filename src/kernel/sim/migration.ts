@@ -8,7 +8,7 @@
 // the 256-byte chunks it touches dirty. The stream is a 24-byte header (u64 magic, u32 version 1,
 // u32 flags 0, u64 state size) and records (u32 offset, u32 length, bytes): PRE_COPY gives the
 // whole state first (initial_bytes), then a record per chunk dirtied since (dirty_bytes);
-// STOP_COPY adds the chunks dirtied since, or from STOP the whole state.
+// STOP_COPY adds chunk 0 (the live registers) and the chunks dirtied since, or from STOP the whole state.
 import { z } from 'zod';
 import {
   VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
@@ -89,7 +89,10 @@ export class SimulatedMigration {
 
   /** mtty_get_data_size: the STOP_COPY stream from STOP, or what the saving file still has to give. */
   dataSize(): bigint {
-    if (this.saving && !this.saving.disabled) return BigInt(this.saving.pendingBytes() + this.dirtyBytes());
+    if (this.saving && !this.saving.disabled) {
+      const live = this.dirty.has(0) ? 0 : SIM_MIGRATION_RECORD_HEADER_SIZE + this.chunkLength(0);
+      return BigInt(this.saving.pendingBytes() + this.dirtyBytes() + (this.state === STOP_COPY ? 0 : live));
+    }
     return BigInt(SIM_MIGRATION_HEADER_SIZE + SIM_MIGRATION_RECORD_HEADER_SIZE + this.stateSize);
   }
 
@@ -137,7 +140,7 @@ export class SimulatedMigration {
     if (arc(RUNNING, PRE_COPY) || arc(RUNNING_P2P, PRE_COPY_P2P) || arc(STOP, STOP_COPY) || arc(PRE_COPY_P2P, STOP_COPY)) {
       if (this.saving) {
         // PRE_COPY_P2P -> STOP_COPY: the PRE_COPY file carries on, no new fd (mtty_save_device_data).
-        if (next === STOP_COPY) this.queueDirty();
+        if (next === STOP_COPY) this.queueStopCopy();
         return undefined;
       }
       this.saving = new SavingFile(this, this.services);
@@ -154,6 +157,12 @@ export class SimulatedMigration {
     // RUNNING <-> RUNNING_P2P, RUNNING_P2P -> STOP, STOP -> RUNNING_P2P, PRE_COPY <-> PRE_COPY_P2P,
     // and without P2P RUNNING <-> STOP: nothing to do for a device without DMA to quiesce.
     return undefined;
+  }
+
+  /** STOP_COPY: the live registers (chunk 0, only consistent once stopped) and every chunk dirtied since. */
+  private queueStopCopy(): void {
+    this.dirty.add(0);
+    this.queueDirty();
   }
 
   /** The chunks dirtied since the last queue, as records on the saving file. */
