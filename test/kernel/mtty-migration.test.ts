@@ -75,7 +75,7 @@ describe.runIf(onVirtioIommu)('mtty: VFIO migration v2 on the real kernel', () =
       expect(byUuid.pciAddress).toBeUndefined();
       expect(byUuid.cdevPath).toMatch(/^\/dev\/vfio\/devices\/vfio\d+$/);
       expect(byUuid.groupId).toBeTypeOf('number');
-      expect(byUuid.driver).toBe('vfio_mdev');
+      expect(byUuid.driver).toBe('mtty');
       expect(basename(readlinkSync(`/sys/bus/mdev/devices/${uuid}/mdev_type`))).toBe(type);
       expect(kernel().listDevices().some((device) => device.name === uuid)).toBe(true);
     }

@@ -4,14 +4,15 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/kernel/errors.js';
 import { simulatedKernel } from '../../src/kernel/sim/index.js';
+import type { SimulatedDeviceSpecInput } from '../../src/kernel/sim/spec.js';
 import type { DeviceHandle, MigrationDataHandle } from '../../src/kernel/types.js';
 import { DeviceMigration, saveDevices } from '../../src/migration/index.js';
 import * as uapi from '../../src/uapi/index.js';
 
-function open(devices: Parameters<typeof simulatedKernel>[0]['devices']) {
+function open(devices: SimulatedDeviceSpecInput[]) {
   const kernel = simulatedKernel({ devices });
   const iommufd = kernel.openIommufd();
-  const handles = (devices ?? []).map((spec) => {
+  const handles = devices.map((spec) => {
     const device = kernel.openDevice(spec.name);
     device.bindIommufd(iommufd);
     device.attachPt(iommufd.ioasAlloc());
@@ -20,9 +21,9 @@ function open(devices: Parameters<typeof simulatedKernel>[0]['devices']) {
   return { kernel, iommufd, handles };
 }
 
-async function collect(stream: AsyncIterable<Uint8Array>): Promise<Uint8Array[]> {
-  const out: Uint8Array[] = [];
-  for await (const chunk of stream) out.push(chunk.slice());
+async function collect<T>(stream: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const chunk of stream) out.push(chunk instanceof Uint8Array ? (chunk.slice() as T) : chunk);
   return out;
 }
 

@@ -155,6 +155,7 @@ export class RecordingSyscalls implements Syscalls {
       const dataFd = new DataView(arg.buffer, arg.byteOffset).getInt32(12, true);
       if (dataFd >= 0) this.kinds.set(dataFd, 'device');
     }
+    this.noteMigration(fd, name, detail, arg, result);
     this.records.push({ name, detail, kind, result });
     return rc;
   }
@@ -193,6 +194,27 @@ export class RecordingSyscalls implements Syscalls {
     const n = this.real.pwrite(fd, buffer, offset);
     if (n < 0) this.lastErrno = this.real.errno();
     return n;
+  }
+
+  /** Migration arcs asked of the kernel: `FROM -> TO` (FROM as last read, set or reset) -> result -> count. */
+  readonly migrationArcs = new Map<string, Map<string, number>>();
+  private readonly migrationStates = new Map<number, number | undefined>();
+
+  private noteMigration(fd: number, name: string, detail: string | undefined, arg: IoctlArgument, result: string): void {
+    if (name === 'VFIO_DEVICE_RESET' && result === 'ok') this.migrationStates.set(fd, uapi.VFIO_DEVICE_STATE_RUNNING);
+    if (!(arg instanceof Uint8Array) || !detail?.startsWith('MIG_DEVICE_STATE')) return;
+    const state = new DataView(arg.buffer, arg.byteOffset).getUint32(8, true);
+    if (detail === 'MIG_DEVICE_STATE GET') {
+      if (result === 'ok') this.migrationStates.set(fd, state);
+      return;
+    }
+    const from = this.migrationStates.get(fd);
+    const arc = `${from === undefined ? '?' : uapi.migrationStateName(from)} -> ${uapi.migrationStateName(state)}`;
+    const row = this.migrationArcs.get(arc) ?? new Map<string, number>();
+    row.set(result, (row.get(result) ?? 0) + 1);
+    this.migrationArcs.set(arc, row);
+    // After a refusal the state is what the next GET says.
+    this.migrationStates.set(fd, result === 'ok' ? state : undefined);
   }
 
   /** Bytes read from and written to migration data fds. */
@@ -281,9 +303,9 @@ export const SHIM_DETAILS = [
 /** Why an ioctl (or sub-operation) cannot succeed in this guest, when the suite only reaches its failing path. */
 export const KNOWN_GAPS: Record<string, string> = {
   VFIO_DEVICE_RESET:
-    'edu has no reset method (no FLR, no PM capability, alone on the root bus): VFIO_DEVICE_INFO lacks FLAGS_RESET and the kernel answers EINVAL',
+    'succeeds on the mtty mdevs (virtio boot); in the intel boot there is no mtty, and edu has no reset method (no FLR, no PM capability, alone on the root bus): VFIO_DEVICE_INFO lacks FLAGS_RESET and the kernel answers EINVAL',
   VFIO_DEVICE_FEATURE:
-    "edu has none of the features the library asks for (migration, DMA logging: vfio-pci variant drivers only), so every call is ENOTTY; the SET-only LOW_POWER features vfio-pci gives every device are probed with GET by featureProbe(), which the kernel refuses (EINVAL)",
+    "succeeds on the mtty mdevs (virtio boot: migration); in the intel boot edu has none of the features the library asks for (migration, DMA logging: vfio-pci variant drivers only), so every call is ENOTTY; the SET-only LOW_POWER features vfio-pci gives every device are probed with GET by featureProbe(), which the kernel refuses (EINVAL)",
   'VFIO_DEVICE_FEATURE DMA_LOGGING_START SET':
     'success needs a device with DMA logging (mlx5/pds/hisi vfio-pci variant drivers); QEMU emulates none: edu answers ENOTTY',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_STOP SET': 'as DMA_LOGGING_START: edu answers ENOTTY',
@@ -297,6 +319,9 @@ interface CoverageFile {
   ioctls: Record<string, Record<string, number>>;
   /** "NAME detail" -> result -> count */
   details: Record<string, Record<string, number>>;
+  /** Migration arcs "FROM -> TO" -> result -> count (MIG_DEVICE_STATE SET). */
+  migrationArcs?: Record<string, Record<string, number>>;
+  migrationDataBytes?: { read: number; written: number };
 }
 
 const RECORD_DIR = '/tmp/vfio-iommufd-kernel-suite';
@@ -326,6 +351,16 @@ export function flushCoverage(file: string): void {
     count(merged.ioctls, record.name, record.result);
     if (record.detail) count(merged.details, `${record.name} ${record.detail}`, record.result);
   }
+  merged.migrationArcs ??= {};
+  for (const [arc, results] of shared.syscalls.migrationArcs) {
+    for (const [result, n] of results) for (let i = 0; i < n; i++) count(merged.migrationArcs, arc, result);
+  }
+  shared.syscalls.migrationArcs.clear();
+  merged.migrationDataBytes ??= { read: 0, written: 0 };
+  merged.migrationDataBytes.read += shared.syscalls.dataBytesRead;
+  merged.migrationDataBytes.written += shared.syscalls.dataBytesWritten;
+  shared.syscalls.dataBytesRead = 0;
+  shared.syscalls.dataBytesWritten = 0;
   writeFileSync(path, JSON.stringify(merged, null, 2));
   writeFileSync(join(resultsDir(), 'ioctl-coverage.json'), JSON.stringify(coverageReport(merged), null, 2) + '\n');
 }
@@ -353,6 +388,8 @@ export function coverageReport(merged: CoverageFile) {
     subOperations: details,
     subOperationsMissing: SHIM_DETAILS.filter((name) => !merged.details[name]),
     otherSubOperations: Object.keys(merged.details).filter((name) => !(SHIM_DETAILS as readonly string[]).includes(name)),
+    migrationArcs: Object.fromEntries(Object.entries(merged.migrationArcs ?? {}).sort(([a], [b]) => a.localeCompare(b))),
+    migrationDataBytes: merged.migrationDataBytes ?? { read: 0, written: 0 },
   };
 }
 
