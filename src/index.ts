@@ -14,5 +14,7 @@ export type {
 } from './vfio/index.js';
 export { DirtySync, MigrationBitmap } from './dirty/index.js';
 export type { DirtyRound, DirtySyncOptions, RoundOptions, DirtyRange, QueryFailure } from './dirty/index.js';
+export { DeviceMigration, MigrationTransitionError, saveDevices } from './migration/index.js';
+export type { DeviceChunk, DeviceMigrationOptions, MigrationRecovery } from './migration/index.js';
 export { Engine, IovaRangeSet } from './engine/index.js';
 export type { EngineOptions } from './engine/index.js';
