@@ -173,4 +173,25 @@ describe.runIf(onVirtioIommu)('mtty: VFIO migration v2 on the real kernel', () =
       await space.close();
     }
   });
+
+  it("mtty's DMA logging ops exist and report nothing; RESUMING past the stream's size is ENOMEM", async () => {
+    const space = new AddressSpace(kernel(), { iommufd: 'on' });
+    try {
+      const device = (await space.attach(mtty.otherType)).handle;
+      if (device.getMigrationState() !== uapi.VFIO_DEVICE_STATE_RUNNING) device.reset();
+      expect(device.featureProbe(uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START)).toBe(true);
+      const pageSize = device.dmaLoggingStart(4096n, [{ iova: 0n, length: 1n << 20n }]);
+      const bitmap = new Uint8Array(Number((1n << 20n) / pageSize / 8n));
+      device.dmaLoggingReport({ iova: 0n, length: 1n << 20n, pageSize, bitmap });
+      expect(bitmap.every((byte) => byte === 0)).toBe(true);
+      device.dmaLoggingStop();
+      device.setMigrationState(uapi.VFIO_DEVICE_STATE_STOP);
+      const resume = device.setMigrationState(uapi.VFIO_DEVICE_STATE_RESUMING)!;
+      expectKernelError(() => resume.write(new Uint8Array(HEADER + PORT + 1)), 'write', 'ENOMEM');
+      resume.close();
+      device.reset();
+    } finally {
+      await space.close();
+    }
+  });
 });

@@ -150,7 +150,7 @@ export class RecordingSyscalls implements Syscalls {
       result = new KernelError(name, this.lastErrno).code;
     } else if (name === 'VFIO_GROUP_GET_DEVICE_FD') {
       this.kinds.set(rc, 'device');
-    } else if (detail === 'MIG_DEVICE_STATE SET' && arg instanceof Uint8Array) {
+    } else if (detail === 'MIG_DEVICE_STATE SET' && arg instanceof Uint8Array && arg.byteLength >= 16) {
       // A SET that returns a migration data fd: VFIO_MIG_GET_PRECOPY_INFO goes to it.
       const dataFd = new DataView(arg.buffer, arg.byteOffset).getInt32(12, true);
       if (dataFd >= 0) this.kinds.set(dataFd, 'device');
@@ -202,7 +202,8 @@ export class RecordingSyscalls implements Syscalls {
 
   private noteMigration(fd: number, name: string, detail: string | undefined, arg: IoctlArgument, result: string): void {
     if (name === 'VFIO_DEVICE_RESET' && result === 'ok') this.migrationStates.set(fd, uapi.VFIO_DEVICE_STATE_RUNNING);
-    if (!(arg instanceof Uint8Array) || !detail?.startsWith('MIG_DEVICE_STATE')) return;
+    // GET and SET carry vfio_device_feature_mig_state after the header; PROBE carries nothing.
+    if (!(arg instanceof Uint8Array) || arg.byteLength < 16 || (detail !== 'MIG_DEVICE_STATE GET' && detail !== 'MIG_DEVICE_STATE SET')) return;
     const state = new DataView(arg.buffer, arg.byteOffset).getUint32(8, true);
     if (detail === 'MIG_DEVICE_STATE GET') {
       if (result === 'ok') this.migrationStates.set(fd, state);
@@ -307,7 +308,7 @@ export const KNOWN_GAPS: Record<string, string> = {
   VFIO_DEVICE_FEATURE:
     "succeeds on the mtty mdevs (virtio boot: migration); in the intel boot edu has none of the features the library asks for (migration, DMA logging: vfio-pci variant drivers only), so every call is ENOTTY; the SET-only LOW_POWER features vfio-pci gives every device are probed with GET by featureProbe(), which the kernel refuses (EINVAL)",
   'VFIO_DEVICE_FEATURE DMA_LOGGING_START SET':
-    'success needs a device with DMA logging (mlx5/pds/hisi vfio-pci variant drivers); QEMU emulates none: edu answers ENOTTY',
+    'succeeds on mtty (virtio boot), whose log ops accept any range and report nothing; real DMA logging needs mlx5/pds/hisi vfio-pci variant drivers, which QEMU does not emulate (edu answers ENOTTY)',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_STOP SET': 'as DMA_LOGGING_START: edu answers ENOTTY',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_REPORT GET': 'as DMA_LOGGING_START: edu answers ENOTTY',
 };
