@@ -18,5 +18,7 @@ export { Migration, MigrationTarget, MigrationFailedError, MigrationRefusedError
 export type {
   DeviceStateSink, DeviceStateSource, MigrationOptions, MigrationRound, MigrationSummary, MigrationTargetOptions, MigrationTargetSummary,
 } from './migration/index.js';
+export { DeviceMigration, MigrationTransitionError, saveDevices } from './migration/index.js';
+export type { DeviceChunk, DeviceMigrationOptions, MigrationRecovery } from './migration/index.js';
 export { Engine, IovaRangeSet } from './engine/index.js';
 export type { EngineOptions } from './engine/index.js';

@@ -26,7 +26,7 @@ export function registerSimulate(program: Command): void {
     .command('simulate')
     .description('live-migrate a simulated guest with assigned devices on the embedded simulated kernel, checking every round against the ground truth')
     .option('--guest-memory <size>', 'guest memory', '64GiB')
-    .option('--device <name:spec>', `a device, repeatable; spec words joined by +: iommu-dirty, dma-logging, mdev, legacy (default: ${DEFAULT_DEVICES.join(' ')})`, (value: string, all: string[]) => [...all, value], [] as string[])
+    .option('--device <name:spec>', `a device, repeatable; spec words joined by +: iommu-dirty, dma-logging, mdev, legacy, migration (default: ${DEFAULT_DEVICES.join(' ')})`, (value: string, all: string[]) => [...all, value], [] as string[])
     .option('--workload <kind>', `guest write pattern: ${WORKLOADS.join('|')}`, 'hotset')
     .option('--dirty-rate <rate>', 'bytes the guest writes per second', '100MiB/s')
     .option('--bandwidth <rate>', 'migration link bandwidth', '10Gbit/s')
@@ -69,16 +69,17 @@ export function registerSimulate(program: Command): void {
         }
       }
       lines.push(table(
-        ['round', 'kind', 'dirty pages', 'newly dirty', 'sent', 'dirty rate', 'query ms', 'merge ms', 'scan ms', 'lost'],
+        ['round', 'kind', 'dirty pages', 'newly dirty', 'sent', 'device state pending/sent', 'dirty rate', 'query ms', 'merge ms', 'scan ms', 'lost'],
         result.rounds.map((r) => [
-          r.round, r.kind, r.dirtyPages, r.newlyDirtyPages, formatBytes(r.sentPages * result.pageSize), `${formatBytes(r.dirtyRateBytesPerSecond)}/s`,
+          r.round, r.kind, r.dirtyPages, r.newlyDirtyPages, formatBytes(r.sentPages * result.pageSize),
+          `${formatBytes(r.deviceStatePendingBytes)} / ${formatBytes(r.deviceStateSentBytes)}`, `${formatBytes(r.dirtyRateBytesPerSecond)}/s`,
           r.phases.queryMs.toFixed(2), r.phases.mergeMs.toFixed(2), r.phases.scanMs.toFixed(2), r.lostPages,
         ]),
       ));
       const s = result.summary;
       lines.push(s.converged ? `converged after ${s.rounds} rounds` : `did not converge: ${s.reason}`);
       lines.push(`predicted downtime: ${s.predictedDowntimeMs === null ? '-' : `${s.predictedDowntimeMs.toFixed(1)} ms`}; simulated downtime: ${s.simulatedDowntimeMs === null ? '-' : `${s.simulatedDowntimeMs.toFixed(1)} ms`}`);
-      lines.push(`total sent: ${formatBytes(s.totalSentBytes)}`);
+      lines.push(`total sent: ${formatBytes(s.totalSentBytes)} (device state ${formatBytes(s.deviceStateBytes)})`);
       lines.push(`lost pages: ${s.lostPages}`);
       process.stdout.write(`${lines.join('\n')}\n`);
       if (s.lostPages > 0) process.exitCode = 1;

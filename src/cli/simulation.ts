@@ -6,11 +6,12 @@ import { DirtySync } from '../dirty/dirty-sync.js';
 import type { RoundPhases } from '../dirty/dirty-sync.js';
 import { guestWorkload, simulatedKernel, type SimulatedDeviceSpecInput } from '../kernel/sim/index.js';
 import type { WorkloadPattern } from '../kernel/sim/index.js';
+import { DeviceMigration } from '../migration/index.js';
 import { AddressSpace, type Topology } from '../vfio/address-space.js';
 import type { DirtyTracker } from '../vfio/device.js';
 import { UsageError } from './units.js';
 
-export const DEVICE_WORDS = ['iommu-dirty', 'dma-logging', 'mdev', 'legacy'] as const;
+export const DEVICE_WORDS = ['iommu-dirty', 'dma-logging', 'mdev', 'legacy', 'migration'] as const;
 export type DeviceWord = (typeof DEVICE_WORDS)[number];
 export const WORKLOADS = ['uniform', 'hotset', 'sweep', 'burst'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
@@ -44,8 +45,14 @@ export function deviceSpec(option: SimulatedDeviceOption, index: number): Simula
     dmaLogging: has('dma-logging') ? { pageSize: 4096n, maxRanges: 256 } : false,
     mdev: has('mdev'),
     legacyOnly: has('legacy'),
+    ...(has('migration') ? { migration: {}, bar0Size: DEVICE_STATE_SIZE } : {}),
   };
 }
+
+/** A `migration` device's state (its BAR0 in the simulator), and how much of it the guest's device dirties. */
+export const DEVICE_STATE_SIZE = 1n << 20n;
+/** Device state dirtied per second, as a share of the guest's dirty rate (the model's assumption). */
+const DEVICE_STATE_DIRTY_SHARE = 1 / 64;
 
 const PATTERNS: Record<WorkloadName, WorkloadPattern> = {
   uniform: { kind: 'uniform' },
@@ -85,6 +92,9 @@ export interface SimulatedRound {
   readonly durationMs: number;
   readonly failures: number;
   readonly estimate: ConvergenceEstimate;
+  /** Device state (VFIO migration data) pending before the round, and read and sent in it. */
+  readonly deviceStatePendingBytes: number;
+  readonly deviceStateSentBytes: number;
 }
 
 export interface SimulationResult {
@@ -102,6 +112,8 @@ export interface SimulationResult {
     readonly predictedDowntimeMs: number | null;
     readonly simulatedDowntimeMs: number | null;
     readonly totalSentBytes: number;
+    /** Device state sent: precopy passes and the stop-copy stream (in the downtime). */
+    readonly deviceStateBytes: number;
     readonly lostPages: number;
   };
 }
@@ -131,9 +143,20 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
   // Untracked devices are simulated, not refused: the run says why it cannot converge.
   const sync = new DirtySync(space, { workers: options.workers, pageSize: PAGE, allowUntrackedDevices: true });
   const rounds: SimulatedRound[] = [];
+  let migratable: DeviceMigration[] = [];
   try {
     for (const range of ranges) await space.map({ iova: range.iova, size: range.length });
     for (const device of options.devices) await space.attach(device.name);
+    migratable = options.devices.filter((d) => d.words.includes('migration')).map((d) => new DeviceMigration(space.device(d.name).handle));
+    for (const device of migratable) device.startPrecopy();
+    let deviceStateBytes = 0;
+    /** Reads what a device stream has now; the bytes go over the link with the round's pages. */
+    const drain = async (stream: AsyncIterable<Uint8Array>) => {
+      let bytes = 0;
+      for await (const chunk of stream) bytes += chunk.byteLength;
+      deviceStateBytes += bytes;
+      return bytes;
+    };
     const devices = space.devices.map((d) => ({ name: d.name, tracker: d.dirtyTracker }));
     const topology = space.topology();
     await sync.start();
@@ -175,19 +198,31 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
       }
       const lostPages = workload.lostAgainst(ranges, truth);
       lost += lostPages;
-      const pendingBytes = round.dirtyPages * Number(PAGE);
+      // RAM and device state together, as QEMU's pending estimate (PRECOPY_INFO while in PRE_COPY).
+      const devicePending = migratable.reduce((sum, device) => sum + Number(device.pendingBytes()), 0);
+      const pendingBytes = round.dirtyPages * Number(PAGE) + devicePending;
       const estimate = estimateConvergence({ pendingBytes, dirtyRateBytesPerSecond: rate, bandwidthBytesPerSecond: options.bandwidth, downtimeLimitMs: options.downtimeMs });
-      const sendSeconds = pendingBytes / options.bandwidth;
       // The stop-and-copy round: what is pending fits the downtime, so the guest stops here.
-      const final = index > 0 && sendSeconds * 1000 <= options.downtimeMs;
+      const final = index > 0 && (pendingBytes / options.bandwidth) * 1000 <= options.downtimeMs;
+      let deviceSent = 0;
+      if (final) {
+        // QEMU's switchover: every device quiesced (P2P) before any enters STOP_COPY.
+        for (const device of migratable) device.quiesce();
+        for (const device of migratable) deviceSent += await drain(device.stopCopy());
+        for (const device of migratable) device.finish();
+      } else {
+        for (const device of migratable) deviceSent += await drain(device.precopyChunks());
+      }
+      const sentBytes = round.dirtyPages * Number(PAGE) + deviceSent;
+      const sendSeconds = sentBytes / options.bandwidth;
       const row: SimulatedRound = {
         round: index + 1, kind: final ? 'stop-and-copy' : 'precopy', dirtyPages: round.dirtyPages, newlyDirtyPages: round.newlyDirtyPages,
         sentPages: round.dirtyPages, lostPages, dirtyRateBytesPerSecond: rate, sendSeconds, phases: round.phases, durationMs: round.durationMs,
-        failures: round.failures.length, estimate,
+        failures: round.failures.length, estimate, deviceStatePendingBytes: devicePending, deviceStateSentBytes: deviceSent,
       };
       rounds.push(row);
       options.onRound?.(row);
-      totalSent += pendingBytes;
+      totalSent += sentBytes;
       if (final) {
         converged = true;
         simulatedDowntimeMs = sendSeconds * 1000 + round.durationMs;
@@ -196,6 +231,7 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
       predictedDowntimeMs = estimate.converges ? (estimate.expectedDowntimeMs ?? null) : null;
       // The guest runs while this round's pages go over the link.
       const step = workload.advance(sendSeconds);
+      deviceActivity(migratable, (options.dirtyRate * DEVICE_STATE_DIRTY_SHARE * sendSeconds), options.seed + index);
       rate = sendSeconds > 0 ? (step.newlyDirty * Number(PAGE)) / sendSeconds : 0;
     }
     await sync.stop();
@@ -210,10 +246,26 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
       topology,
       devices,
       rounds,
-      summary: { converged, reason, rounds: rounds.length, predictedDowntimeMs, simulatedDowntimeMs, totalSentBytes: totalSent, lostPages: lost },
+      summary: { converged, reason, rounds: rounds.length, predictedDowntimeMs, simulatedDowntimeMs, totalSentBytes: totalSent, deviceStateBytes, lostPages: lost },
     };
   } finally {
+    // A run that failed half-way leaves no migration data fd open.
+    for (const device of migratable) device.close();
     if (sync.started) await sync.stop();
     await space.close();
+  }
+}
+
+/** The guest's devices at work: `bytes` of register writes spread over each migratable device's state. */
+function deviceActivity(devices: readonly DeviceMigration[], bytes: number, seed: number): void {
+  const size = Number(DEVICE_STATE_SIZE);
+  const writes = Math.min(Math.ceil(bytes / 64), size / 64);
+  const value = Uint8Array.of(seed & 0xff);
+  for (const device of devices) {
+    for (let i = 0; i < writes; i++) {
+      // A multiplicative hash spreads the writes; the seed keeps runs repeatable.
+      const offset = ((seed * 2654435761 + i * 40503) >>> 0) % size;
+      device.device.regionWrite(0, BigInt(offset), value);
+    }
   }
 }

@@ -4,7 +4,7 @@ export const ERRNO = {
   EPERM: 1, ENOENT: 2, ESRCH: 3, EINTR: 4, EIO: 5, ENXIO: 6, E2BIG: 7, EBADF: 9, EAGAIN: 11,
   ENOMEM: 12, EACCES: 13, EFAULT: 14, EBUSY: 16, EEXIST: 17, ENODEV: 19, EINVAL: 22,
   ENFILE: 23, EMFILE: 24, ENOTTY: 25, EFBIG: 27, ENOSPC: 28, ESPIPE: 29, EROFS: 30, ERANGE: 34,
-  EDEADLK: 35, ENOSYS: 38, ENODATA: 61, EOVERFLOW: 75, EMSGSIZE: 90, EOPNOTSUPP: 95,
+  EDEADLK: 35, ENOSYS: 38, ENOMSG: 42, ENODATA: 61, EOVERFLOW: 75, EMSGSIZE: 90, EOPNOTSUPP: 95,
   EADDRINUSE: 98, ENOTSUP: 95, ETIMEDOUT: 110, EALREADY: 114,
 } as const;
 
@@ -37,6 +37,7 @@ const MESSAGES: Record<number, [code: string, message: string]> = {
   34: ['ERANGE', 'Numerical result out of range'],
   35: ['EDEADLK', 'Resource deadlock avoided'],
   38: ['ENOSYS', 'Function not implemented'],
+  42: ['ENOMSG', 'No message of desired type'],
   61: ['ENODATA', 'No data available'],
   75: ['EOVERFLOW', 'Value too large for defined data type'],
   90: ['EMSGSIZE', 'Message too long'],

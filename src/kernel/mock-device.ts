@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from './errors.js';
-import type { DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, MockDeviceHandle, RegionInfo } from './types.js';
+import type { DeviceInfo, MigrationDataHandle, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, MockDeviceHandle, RegionInfo } from './types.js';
 import { checkU32 } from './validate.js';
 
 /**
@@ -74,6 +74,18 @@ export abstract class MockDeviceBase implements MockDeviceHandle {
   }
   dmaLoggingReport(_request: DirtyBitmapRequest): void {
     this.notVfio('dmaLoggingReport');
+  }
+  migrationFlags(): number {
+    return this.notVfio('migrationFlags');
+  }
+  getMigrationState(): number {
+    return this.notVfio('getMigrationState');
+  }
+  setMigrationState(_state: number): MigrationDataHandle | undefined {
+    return this.notVfio('setMigrationState');
+  }
+  migrationDataSize(): bigint {
+    return this.notVfio('migrationDataSize');
   }
 
   /** IOMMU_DESTROY of the selftest object (an InvalidArgumentError once the iommufd is closed). */

@@ -195,6 +195,32 @@ export interface PciHotResetInfo {
   readonly devices: readonly PciDependentDevice[];
 }
 
+/** VFIO_MIG_GET_PRECOPY_INFO's answer: estimates of the PRE_COPY data still to read. */
+export interface PrecopyInfo {
+  readonly initialBytes: bigint;
+  readonly dirtyBytes: bigint;
+}
+
+/**
+ * A migration data fd, returned by a MIG_DEVICE_STATE SET that enters STOP_COPY, PRE_COPY(_P2P)
+ * or RESUMING. Opened non-blocking where the driver honours it; the caller owns it and closes it.
+ */
+export interface MigrationDataHandle {
+  readonly fd: number;
+  readonly closed: boolean;
+  /**
+   * read(2) into `buffer`: the bytes read (possibly fewer than asked), 0 when the device has
+   * nothing more (end of stream in STOP_COPY, nothing for now in PRE_COPY: a 0 read or ENOMSG),
+   * or null when it would block (EAGAIN).
+   */
+  read(buffer: Uint8Array): number | null;
+  /** write(2) of `data`: the bytes taken (possibly fewer), or null when it would block (EAGAIN). */
+  write(data: Uint8Array): number | null;
+  /** VFIO_MIG_GET_PRECOPY_INFO (PRE_COPY and PRE_COPY_P2P only; EINVAL elsewhere). */
+  precopyInfo(): PrecopyInfo;
+  close(): void;
+}
+
 /** A VFIO device: a cdev, a device fd from a legacy group, or a kernel test mock device. */
 export interface DeviceHandle {
   readonly name: string;
@@ -227,6 +253,17 @@ export interface DeviceHandle {
    * its iommufd); a group-opened device passes the fds of every affected group.
    */
   pciHotReset?(groupFds: readonly number[]): void;
+  /** VFIO_DEVICE_FEATURE_MIGRATION GET: `VFIO_MIGRATION_*` flags (ENOTTY: the driver has no migration). */
+  migrationFlags(): number;
+  /** VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE GET: the `VFIO_DEVICE_STATE_*` the device is in. */
+  getMigrationState(): number;
+  /**
+   * VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE SET: the kernel walks the arcs to `state` itself. Returns
+   * the new data fd when the driver returns one (entering a saving or resuming state), else undefined.
+   */
+  setMigrationState(state: number): MigrationDataHandle | undefined;
+  /** VFIO_DEVICE_FEATURE_MIG_DATA_SIZE GET: the driver's estimate of the STOP_COPY data. */
+  migrationDataSize(): bigint;
   close(): void;
 }
 

@@ -9,6 +9,7 @@ export * from './iommufd.js';
 export * from './iommufd-test.js';
 export * from './layout.js';
 export * from './vfio.js';
+export * from './vfio-migration.js';
 
 export interface UapiTable {
   readonly ioctls: Readonly<Record<string, number>>;

@@ -89,6 +89,24 @@ export const VFIO_MIGRATION_STOP_COPY = 1 << 0;
 export const VFIO_MIGRATION_P2P = 1 << 1;
 export const VFIO_MIGRATION_PRE_COPY = 1 << 2;
 
+// enum vfio_device_mig_state (migration v2).
+export const VFIO_DEVICE_STATE_ERROR = 0;
+export const VFIO_DEVICE_STATE_STOP = 1;
+export const VFIO_DEVICE_STATE_RUNNING = 2;
+export const VFIO_DEVICE_STATE_STOP_COPY = 3;
+export const VFIO_DEVICE_STATE_RESUMING = 4;
+export const VFIO_DEVICE_STATE_RUNNING_P2P = 5;
+export const VFIO_DEVICE_STATE_PRE_COPY = 6;
+export const VFIO_DEVICE_STATE_PRE_COPY_P2P = 7;
+
+/** Migration constants the conformance test compiles against the headers (the enum and the flags). */
+export const VFIO_MIGRATION_CONSTANTS = {
+  VFIO_DEVICE_STATE_ERROR, VFIO_DEVICE_STATE_STOP, VFIO_DEVICE_STATE_RUNNING, VFIO_DEVICE_STATE_STOP_COPY,
+  VFIO_DEVICE_STATE_RESUMING, VFIO_DEVICE_STATE_RUNNING_P2P, VFIO_DEVICE_STATE_PRE_COPY, VFIO_DEVICE_STATE_PRE_COPY_P2P,
+  VFIO_MIGRATION_STOP_COPY, VFIO_MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY,
+  VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
+} as const;
+
 /** Added in 6.17: bind carries a VF token. */
 export const VFIO_DEVICE_BIND_FLAG_TOKEN = 1 << 0;
 /** Added in 6.15: attach/detach a PASID. */
@@ -158,6 +176,10 @@ export const vfio_device_feature_dma_logging_report = struct('vfio_device_featur
   ['iova', 'u64'], ['length', 'u64'], ['page_size', 'u64'], ['bitmap', 'u64'],
 ]);
 export const vfio_device_feature_mig_data_size = struct('vfio_device_feature_mig_data_size', [['stop_copy_length', 'u64']]);
+/** VFIO_MIG_GET_PRECOPY_INFO's argument, on a migration data fd. */
+export const vfio_precopy_info = struct('vfio_precopy_info', [
+  ['argsz', 'u32'], ['flags', 'u32'], ['initial_bytes', 'u64'], ['dirty_bytes', 'u64'],
+]);
 export const vfio_iommu_type1_info = struct('vfio_iommu_type1_info', [
   ['argsz', 'u32'], ['flags', 'u32'], ['iova_pgsizes', 'u64'], ['cap_offset', 'u32'], ['pad', 'u32'],
 ]);
@@ -212,7 +234,7 @@ export const VFIO_STRUCTS = [
   vfio_device_bind_iommufd, vfio_device_attach_iommufd_pt, vfio_device_detach_iommufd_pt,
   vfio_device_feature_migration, vfio_device_feature_mig_state, vfio_device_feature_dma_logging_control,
   vfio_device_feature_dma_logging_range, vfio_device_feature_dma_logging_report, vfio_device_feature_mig_data_size,
-  vfio_iommu_type1_info, vfio_iova_range, vfio_iommu_type1_info_cap_iova_range, vfio_iommu_type1_info_cap_migration,
+  vfio_precopy_info, vfio_iommu_type1_info, vfio_iova_range, vfio_iommu_type1_info_cap_iova_range, vfio_iommu_type1_info_cap_migration,
   vfio_iommu_type1_info_dma_avail, vfio_iommu_type1_dma_map, vfio_bitmap, vfio_iommu_type1_dma_unmap,
   vfio_iommu_type1_dirty_bitmap, vfio_iommu_type1_dirty_bitmap_get,
   vfio_pci_dependent_device, vfio_pci_hot_reset_info, vfio_pci_hot_reset,

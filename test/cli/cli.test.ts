@@ -60,7 +60,7 @@ describe('vfio-iommufd simulate', () => {
     ['--dirty-rate', '5 potatoes', /--dirty-rate: "5 potatoes" is not a rate; write it like 1GiB\/s/],
     ['--bandwidth', '10Gbit', /--bandwidth: "10Gbit" is not a rate/],
     ['--downtime', 'soon', /--downtime: "soon" is not a duration/],
-    ['--device', 'nic0:teleport', /unknown word "teleport" \(allowed: iommu-dirty, dma-logging, mdev, legacy\)/],
+    ['--device', 'nic0:teleport', /unknown word "teleport" \(allowed: iommu-dirty, dma-logging, mdev, legacy, migration\)/],
     ['--workload', 'chaos', /--workload: "chaos" is not one of uniform, hotset, sweep, burst/],
     ['--max-rounds', '0', /--max-rounds: "0" must be a whole number of at least 1/],
   ] as const) {

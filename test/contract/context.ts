@@ -30,6 +30,21 @@ export interface SimulatorExtras {
   readonly mdevGroupId: number;
 }
 
+/** Migratable devices: mtty mdevs on the real kernel, simulated mdevs with a migration spec. */
+export interface MigrationDevices {
+  /** Two devices of one type (source and destination of a migration). */
+  readonly source: string;
+  readonly destination: string;
+  /** A device of the same driver whose state has another layout (mtty-1 against mtty-2). */
+  readonly otherType: string;
+  /** Puts the device in a non-default state through its BAR (region 0). */
+  writeState(device: DeviceHandle): void;
+  /** Reads that state back through the BAR (may consume it, as a UART's RX FIFO is). */
+  readState(device: DeviceHandle): number[];
+  /** What readState gives after writeState. */
+  readonly expectedState: readonly number[];
+}
+
 export interface ContractEnvironment {
   readonly kernel: Kernel;
   /**
@@ -39,6 +54,8 @@ export interface ContractEnvironment {
   readonly plainDevice: string;
   readonly plainGroupId: number;
   readonly sim: SimulatorExtras | undefined;
+  /** Migratable devices (the real kernel's virtio boot has mtty built in). */
+  readonly migration: MigrationDevices | undefined;
   /** Called after every test once everything it opened is closed: throws on leaked kernel state. */
   assertClean(): void;
 }

@@ -7,10 +7,11 @@ import { defineDirtyContract } from './dirty.contract.js';
 import { defineDmaLoggingContract } from './dma-logging.contract.js';
 import { defineHwptContract } from './hwpt.contract.js';
 import { defineIoasContract } from './ioas.contract.js';
+import { defineMigrationContract } from './migration.contract.js';
 import { defineObjectsContract } from './objects.contract.js';
 import { defineType1Contract } from './type1.contract.js';
 
-export type { ContractEnvironment, ContractTarget, SimulatorExtras } from './context.js';
+export type { ContractEnvironment, ContractTarget, MigrationDevices, SimulatorExtras } from './context.js';
 
 export function defineContract(target: ContractTarget): void {
   defineObjectsContract(target);
@@ -21,4 +22,5 @@ export function defineContract(target: ContractTarget): void {
   defineDmaLoggingContract(target);
   defineType1Contract(target);
   defineDeviceDmaContract(target);
+  defineMigrationContract(target);
 }

@@ -4,11 +4,15 @@
 // Outside the guest (a plain `vitest run`) the whole suite is skipped.
 import { readdirSync, readlinkSync } from 'node:fs';
 import { basename } from 'node:path';
-import { describe, expect } from 'vitest';
-import { linuxKernel } from '../../src/kernel/linux/index.js';
+import { afterAll, describe, expect } from 'vitest';
 import type { ContractTarget } from '../contract/context.js';
 import { defineContract } from '../contract/index.js';
 import { edu, inKernelGuest, onVirtioIommu } from './harness/guest-env.js';
+import { flushCoverage, kernel } from './support/kernel.js';
+import { hasMtty, mttyMigration } from './support/mtty.js';
+
+// The suite's ioctls (and migration arcs) go into the boot's ioctl-coverage.json with the others.
+afterAll(() => flushCoverage('contract.test.ts'));
 
 /** This process's open fds on /dev/iommu and /dev/vfio: the kernel objects a test could leak. */
 function vfioFds(): string[] {
@@ -30,10 +34,11 @@ export const realTarget: ContractTarget = {
   create() {
     const before = vfioFds();
     return {
-      kernel: linuxKernel(),
+      kernel: kernel(),
       plainDevice: edu.bdf,
       plainGroupId: Number(basename(edu.group)),
       sim: undefined,
+      migration: hasMtty ? mttyMigration : undefined,
       // Closing every fd releases every object on the real kernel: no fd left means nothing leaked.
       assertClean: () => expect(vfioFds()).toEqual(before),
     };

@@ -117,4 +117,40 @@ export class RecordingSyscalls implements Syscalls {
   deviceNumber(fd: number): string | undefined {
     return this.deviceNumbers.get(fd);
   }
+
+  /** Scripted read(2) answers per fd: bytes, or an errno. */
+  readonly reads = new Map<number, (Uint8Array | { errno: number })[]>();
+  readonly writes: { fd: number; data: Uint8Array }[] = [];
+  /** Scripted write(2) answers: how many bytes to take, or an errno (default: all). */
+  readonly writeAnswers: (number | { errno: number })[] = [];
+  readonly fcntls: { fd: number; command: number; argument: number }[] = [];
+
+  read(fd: number, buffer: Uint8Array): number {
+    const next = this.reads.get(fd)?.shift();
+    if (!next) return 0;
+    if (!(next instanceof Uint8Array)) {
+      this.lastErrno = next.errno;
+      return -1;
+    }
+    const n = Math.min(next.byteLength, buffer.byteLength);
+    buffer.set(next.subarray(0, n));
+    if (n < next.byteLength) this.reads.get(fd)!.unshift(next.subarray(n));
+    return n;
+  }
+
+  write(fd: number, buffer: Uint8Array): number {
+    const answer = this.writeAnswers.shift() ?? buffer.byteLength;
+    if (typeof answer !== 'number') {
+      this.lastErrno = answer.errno;
+      return -1;
+    }
+    const n = Math.min(answer, buffer.byteLength);
+    this.writes.push({ fd, data: buffer.slice(0, n) });
+    return n;
+  }
+
+  fcntl(fd: number, command: number, argument: number): number {
+    this.fcntls.push({ fd, command, argument });
+    return command === 3 ? 0o2 : 0; // F_GETFL: O_RDWR
+  }
 }

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { UAPI_TABLE } from '../../src/uapi/index.js';
+import { UAPI_TABLE, VFIO_MIGRATION_CONSTANTS } from '../../src/uapi/index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const inCi = process.env.CI === 'true';
@@ -41,6 +41,7 @@ function cProgram(): string {
     // Anonymous inner structs of iommu_test_cmd's union: offsetof reaches them by member path.
     'int main(void) {',
   ];
+  for (const name of Object.keys(VFIO_MIGRATION_CONSTANTS)) lines.push(`  printf("constant %s %lu\\n", "${name}", (unsigned long)${name});`);
   for (const name of Object.keys(UAPI_TABLE.ioctls)) {
     if (isNewer(name)) continue;
     lines.push(`  printf("ioctl %s %lu\\n", "${name}", (unsigned long)${name});`);
@@ -62,6 +63,7 @@ function cProgram(): string {
 
 function expected(): Map<string, number> {
   const out = new Map<string, number>();
+  for (const [name, value] of Object.entries(VFIO_MIGRATION_CONSTANTS)) out.set(`constant ${name}`, value);
   for (const [name, value] of Object.entries(UAPI_TABLE.ioctls)) if (!isNewer(name)) out.set(`ioctl ${name}`, value);
   for (const [struct, layout] of Object.entries(UAPI_TABLE.structs)) {
     if (isNewer(struct)) continue;
@@ -92,13 +94,15 @@ describe('UAPI_TABLE against the Linux 6.12 headers', () => {
     const ioctls = [...want.keys()].filter((k) => k.startsWith('ioctl ')).length;
     const fields = [...want.keys()].filter((k) => k.startsWith('offset ')).length;
     const structs = [...want.keys()].filter((k) => k.startsWith('size ')).length;
+    const constants = [...want.keys()].filter((k) => k.startsWith('constant ')).length;
     console.log(
-      `uAPI conformance: checked ${ioctls} ioctls, ${structs} struct sizes, ${fields} field offsets against Linux 6.12 headers; ` +
+      `uAPI conformance: checked ${ioctls} ioctls, ${structs} struct sizes, ${fields} field offsets, ${constants} migration constants against Linux 6.12 headers; ` +
         `${mismatches.length} mismatches. Not checkable against 6.12 (newer): ${Object.entries(newer).map(([k, v]) => `${k} (${v})`).join(', ')}`,
     );
     expect(mismatches).toEqual([]);
     expect(actual.size).toBe(want.size);
     expect(ioctls).toBeGreaterThan(40);
     expect(fields).toBeGreaterThan(200);
+    expect(constants).toBe(Object.keys(VFIO_MIGRATION_CONSTANTS).length);
   });
 });

@@ -1,15 +1,19 @@
 import * as uapi from '../../uapi/index.js';
 import { InvalidArgumentError, isKernelError } from '../errors.js';
-import type { DeviceHandle, DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, KernelOptions, PciHotResetInfo, RegionInfo } from '../types.js';
+import type {
+  DeviceHandle, DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, KernelOptions, MigrationDataHandle, PciHotResetInfo, RegionInfo,
+} from '../types.js';
 import { checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64 } from '../validate.js';
 import { KernelAnswerError } from './errors.js';
 import { IoctlIssuer, structBytes } from './ioctl.js';
 import type { Syscalls } from './libc.js';
+import { LinuxMigrationData } from './migration-data.js';
 
 const {
   vfio_device_bind_iommufd, vfio_device_attach_iommufd_pt, vfio_device_detach_iommufd_pt, vfio_device_info,
   vfio_region_info, vfio_device_feature, vfio_device_feature_dma_logging_control, vfio_device_feature_dma_logging_range,
-  vfio_device_feature_dma_logging_report,
+  vfio_device_feature_dma_logging_report, vfio_device_feature_migration, vfio_device_feature_mig_state,
+  vfio_device_feature_mig_data_size,
 } = uapi;
 
 /** @deprecated The limit depends on the page size: uapi.dmaLoggingMaxRanges(pageSize). This is its 4 KiB value. */
@@ -38,6 +42,9 @@ export function decodeHotResetInfo(bytes: Uint8Array): PciHotResetInfo {
   });
   return { flags, devices };
 }
+
+/** The highest `enum vfio_device_mig_state` value in 6.12 (PRE_COPY_P2P). */
+const LAST_MIGRATION_STATE = uapi.VFIO_DEVICE_STATE_PRE_COPY_P2P;
 
 /** A VFIO device fd: a cdev (`/dev/vfio/devices/vfioN`) or one from VFIO_GROUP_GET_DEVICE_FD. */
 export class LinuxDevice implements DeviceHandle {
@@ -223,10 +230,52 @@ export class LinuxDevice implements DeviceHandle {
     this.call('VFIO_DEVICE_PCI_HOT_RESET', uapi.VFIO_DEVICE_PCI_HOT_RESET, s, { count: groupFds.length });
   }
 
+  migrationFlags(): number {
+    const s = this.feature(uapi.VFIO_DEVICE_FEATURE_MIGRATION | uapi.VFIO_DEVICE_FEATURE_GET, vfio_device_feature_migration.size, 'MIGRATION');
+    return Number(vfio_device_feature_migration.readBigint(s, 'flags', vfio_device_feature.size));
+  }
+
+  getMigrationState(): number {
+    const s = this.feature(uapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | uapi.VFIO_DEVICE_FEATURE_GET, vfio_device_feature_mig_state.size, 'MIG_DEVICE_STATE');
+    return vfio_device_feature_mig_state.readNumber(s, 'device_state', vfio_device_feature.size);
+  }
+
+  setMigrationState(state: number): MigrationDataHandle | undefined {
+    if (this.validate) {
+      checkU32('state', state);
+      // ERROR is never asked for (the kernel refuses it: state_flags_table[ERROR] is ~0U).
+      if (state < uapi.VFIO_DEVICE_STATE_STOP || state > LAST_MIGRATION_STATE) {
+        throw new InvalidArgumentError('state', `${state} is not a migration state a device can be set to (VFIO_DEVICE_STATE_STOP 1 to PRE_COPY_P2P 7)`);
+      }
+    }
+    const s = this.feature(uapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | uapi.VFIO_DEVICE_FEATURE_SET, vfio_device_feature_mig_state.size, 'MIG_DEVICE_STATE', (bytes) => {
+      vfio_device_feature_mig_state.write(bytes, { device_state: state, data_fd: -1 }, vfio_device_feature.size);
+    }, { device_state: state });
+    const dataFd = vfio_device_feature_mig_state.readNumber(s, 'data_fd', vfio_device_feature.size);
+    return dataFd >= 0 ? new LinuxMigrationData(this.io.sys, dataFd, this.name) : undefined;
+  }
+
+  migrationDataSize(): bigint {
+    const s = this.feature(uapi.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE | uapi.VFIO_DEVICE_FEATURE_GET, vfio_device_feature_mig_data_size.size, 'MIG_DATA_SIZE');
+    return vfio_device_feature_mig_data_size.readBigint(s, 'stop_copy_length', vfio_device_feature.size);
+  }
+
   close(): void {
     if (this.isClosed) return;
     this.isClosed = true;
     this.io.check(this.io.sys.close(this.fd), 'close', { fd: this.fd });
+  }
+
+  /** VFIO_DEVICE_FEATURE with `payload` bytes after the header; returns the whole struct after the call. */
+  private feature(
+    flags: number, payload: number, feature: string, fill?: (bytes: Uint8Array) => void, objects: Record<string, number> = {},
+  ): Uint8Array {
+    const header = vfio_device_feature.size;
+    const s = structBytes(header + payload);
+    vfio_device_feature.write(s, { argsz: s.byteLength, flags });
+    fill?.(s);
+    this.call('VFIO_DEVICE_FEATURE', uapi.VFIO_DEVICE_FEATURE, s, { feature, ...objects });
+    return s;
   }
 
   private call(name: string, request: number, arg: Uint8Array | undefined, objects: Record<string, number | bigint | string>, pointers?: ReturnType<IoctlIssuer['pointers']>): void {

@@ -1,4 +1,4 @@
-// The only module that imports koffi: libc's open/close/ioctl/mmap/munmap/pread/pwrite, with
+// The only module that imports koffi: libc's open/close/ioctl/mmap/munmap/pread/pwrite/read/write/fcntl, with
 // errno read right after each call. Everything else in linux/ goes through `Syscalls`, so the
 // encoding logic can be unit-tested with recorded fixtures and no kernel.
 import { fstatSync } from 'node:fs';
@@ -13,6 +13,9 @@ export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MAP_FAILED = (1n << 64n) - 1n;
 export const MADV_DONTFORK = 10;
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const O_NONBLOCK = 0o4000;
 
 /** An ioctl argument: a struct's bytes, an integer (passed as unsigned long), a string, or none. */
 export type IoctlArgument = Uint8Array | number | string | undefined;
@@ -41,6 +44,11 @@ export interface Syscalls {
   pageSize(): number;
   /** fstat(fd).st_rdev as "major:minor" (the form of sysfs `dev` files); undefined when fstat fails. */
   deviceNumber(fd: number): string | undefined;
+  /** read(2)/write(2) of the whole view (stream fds: migration data). */
+  read(fd: number, buffer: Uint8Array): number;
+  write(fd: number, buffer: Uint8Array): number;
+  /** fcntl(2) with an int argument (F_GETFL, F_SETFL). */
+  fcntl(fd: number, command: number, argument: number): number;
 }
 
 /**
@@ -71,6 +79,9 @@ export function libcSyscalls(): Syscalls {
   const madvise = libc.func('int madvise(void *addr, size_t length, int advice)');
   const getpagesize = libc.func('int getpagesize(void)');
   const pageSize = getpagesize() as number;
+  const read = libc.func('long read(int fd, void *buf, size_t count)');
+  const write = libc.func('long write(int fd, const void *buf, size_t count)');
+  const fcntl = libc.func('int fcntl(int fd, int cmd, ...)');
   cached = {
     open: (path, flags) => open(path, flags, 'int', 0) as number,
     close: (fd) => close(fd) as number,
@@ -113,6 +124,9 @@ export function libcSyscalls(): Syscalls {
       const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
       return `${major}:${minor}`;
     },
+    read: (fd, buffer) => Number(read(fd, buffer, buffer.byteLength)),
+    write: (fd, buffer) => Number(write(fd, buffer, buffer.byteLength)),
+    fcntl: (fd, command, argument) => fcntl(fd, command, 'int', argument) as number,
   };
   return cached;
 }

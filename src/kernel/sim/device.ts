@@ -28,6 +28,7 @@ import type {
   IommufdHandle,
   KernelOptions,
   PciHotResetInfo,
+  MigrationDataHandle,
   RegionInfo,
 } from '../types.js';
 import { checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
@@ -35,6 +36,7 @@ import { DmaLog } from './dma-log.js';
 import { fail } from './failure.js';
 import type { AccessObject, DeviceObject, IommuDevice } from './iommufd-objects.js';
 import { SimulatedIommufd, runIoctl } from './iommufd.js';
+import { checkMigrationState, SimulatedMigration } from './migration.js';
 import type { KernelServices } from './services.js';
 import type { IommuModel, SimulatedDeviceModel } from './spec.js';
 import type { SimulatedLegacyContainer } from './type1.js';
@@ -78,16 +80,22 @@ export class SimulatedDevice implements IommuDevice {
   /** The cdev file that bound it, if any. */
   boundFile: SimulatedDeviceFile | undefined = undefined;
   readonly log: DmaLog | undefined;
+  /** Set by the kernel that owns the device when the model has migration (it needs the kernel's fds). */
+  migration: SimulatedMigration | undefined;
   private bar0: Uint8Array | undefined;
   private config: Uint8Array | undefined;
 
   constructor(
     readonly model: SimulatedDeviceModel,
     readonly group: SimulatedVfioGroup,
+    services?: KernelServices,
   ) {
     this.name = model.name;
     this.groupKey = group.key;
     this.log = model.dmaLogging ? new DmaLog(model.dmaLogging) : undefined;
+    if (model.migration && services) {
+      this.migration = new SimulatedMigration(model.migration, { name: this.name, stateBytes: () => this.region(VFIO_PCI_BAR0_REGION_INDEX)! }, services);
+    }
   }
 
   get iommu(): IommuModel {
@@ -126,6 +134,7 @@ export class SimulatedDevice implements IommuDevice {
 
   reset(): void {
     this.bar0 = undefined;
+    this.migration?.reset();
   }
 
   /** Features the driver implements (VFIO_DEVICE_FEATURE without log_ops is ENOTTY). */
@@ -134,10 +143,11 @@ export class SimulatedDevice implements IommuDevice {
       case VFIO_DEVICE_FEATURE_DMA_LOGGING_START:
       case VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP:
       case VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT:
+        return this.log !== undefined;
       case VFIO_DEVICE_FEATURE_MIGRATION:
       case VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE:
       case VFIO_DEVICE_FEATURE_MIG_DATA_SIZE:
-        return this.log !== undefined;
+        return this.migration !== undefined;
       default:
         return false;
     }
@@ -302,6 +312,8 @@ export class SimulatedDeviceFile implements DeviceHandle {
         if (index === VFIO_PCI_CONFIG_REGION_INDEX && start + i < 4) continue;
         region[start + i] = data[i]!;
       }
+      // A register write is device activity: its migration state changed.
+      if (index === VFIO_PCI_BAR0_REGION_INDEX) this.device.migration?.touched(start, data.byteLength);
     });
   }
 
@@ -389,6 +401,33 @@ export class SimulatedDeviceFile implements DeviceHandle {
     });
   }
 
+  migrationFlags(): number {
+    return this.ioctl('VFIO_DEVICE_FEATURE', { feature: 'MIGRATION' }, () => this.requireMigration().model.flags);
+  }
+
+  getMigrationState(): number {
+    return this.ioctl('VFIO_DEVICE_FEATURE', { feature: 'MIG_DEVICE_STATE' }, () => this.requireMigration().state);
+  }
+
+  setMigrationState(state: number): MigrationDataHandle | undefined {
+    if (this.validate) {
+      checkU32('state', state);
+      checkMigrationState(state);
+    }
+    return this.ioctl('VFIO_DEVICE_FEATURE', { feature: 'MIG_DEVICE_STATE', device_state: state }, () => this.requireMigration().setState(state));
+  }
+
+  migrationDataSize(): bigint {
+    return this.ioctl('VFIO_DEVICE_FEATURE', { feature: 'MIG_DATA_SIZE' }, () => this.requireMigration().dataSize());
+  }
+
+  private requireMigration(): SimulatedMigration {
+    this.requireAccess();
+    const migration = this.device.migration;
+    if (!migration) fail('ENOTTY');
+    return migration;
+  }
+
   /** Closing unbinds (detaching first) and stops the device's DMA log, as vfio-pci's close_device does. */
 
   /**
@@ -462,7 +501,7 @@ export class SimulatedDeviceFile implements DeviceHandle {
       this.device.openCount--;
       this.device.boundFile = undefined;
       this.device.group.cdevBound--;
-      if (this.device.openCount === 0) this.device.log?.stop();
+      if (this.device.openCount === 0) this.deviceClosed();
     }
     this.host.fileClosed(this);
   }
@@ -475,6 +514,12 @@ export class SimulatedDeviceFile implements DeviceHandle {
   /** Group device fd closed: the caller updates the group; the device closes with its last opener. */
   markGroupClosed(): void {
     this.device.openCount--;
-    if (this.device.openCount === 0) this.device.log?.stop();
+    if (this.device.openCount === 0) this.deviceClosed();
+  }
+
+  /** close_device: the DMA log stops and the migration data fds are disabled. */
+  private deviceClosed(): void {
+    this.device.log?.stop();
+    this.device.migration?.deviceClosed();
   }
 }

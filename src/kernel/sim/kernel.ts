@@ -116,7 +116,7 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
         group = new SimulatedVfioGroup(model.groupId);
         this.vfioGroups.set(model.groupId, group);
       }
-      const device = new SimulatedDevice(model, group);
+      const device = new SimulatedDevice(model, group, this.services);
       group.devices.push(device);
       this.deviceStates.set(model.name, device);
     }

@@ -13,6 +13,7 @@ import {
   iommu_hw_info_vtd,
 } from '../../uapi/index.js';
 import { InvalidArgumentError } from '../errors.js';
+import { MigrationSpec, migrationModel, type MigrationModel } from './migration.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -113,6 +114,8 @@ export const SimulatedDeviceSpec = z
      * or `none` (no slot or bus reset, as for a device alone on a root bus: ENODEV).
      */
     pciReset: z.enum(['bus', 'none']).default('bus'),
+    /** VFIO migration v2 (its state is BAR0), or false. */
+    migration: z.union([z.literal(false), MigrationSpec]).default(false),
   })
   .strict()
   .superRefine((spec, context) => {
@@ -189,6 +192,7 @@ export interface SimulatedDeviceModel {
   readonly dmaLogging: DmaLoggingModel | undefined;
   readonly bar0Size: bigint;
   readonly pciReset: 'bus' | 'none';
+  readonly migration: MigrationModel | undefined;
 }
 
 const KIB = 1024n;
@@ -353,6 +357,7 @@ export function resolveDeviceSpecs(inputs: readonly SimulatedDeviceSpecInput[]):
         : undefined,
       bar0Size: spec.bar0Size,
       pciReset: spec.pciReset,
+      migration: spec.migration ? migrationModel(spec.migration) : undefined,
     };
   });
 }

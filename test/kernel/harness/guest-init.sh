@@ -70,6 +70,24 @@ if [ -n "$edu_bdf" ]; then
 else
   say "no edu device"
 fi
+# mtty (samples/vfio-mdev, built in): two mtty-2 mdevs (migration source and destination) and one
+# mtty-1 (a destination of the wrong type), in the virtio boot.
+mtty_types=/sys/devices/virtual/mtty/mtty/mdev_supported_types
+if [ "$VFIO_IOMMUFD_VIOMMU" = virtio ] && [ -d $mtty_types ]; then
+  mtty_ok=1
+  for spec in SOURCE:mtty-2:8a2b6c1e-0d3f-4c5a-9e71-000000000001 DESTINATION:mtty-2:8a2b6c1e-0d3f-4c5a-9e71-000000000002 \
+              OTHER:mtty-1:8a2b6c1e-0d3f-4c5a-9e71-000000000003; do
+    IFS=: read -r role type uuid <<<"$spec"
+    if echo "$uuid" >"$mtty_types/$type/create" && [ -d /sys/bus/mdev/devices/$uuid/vfio-dev ]; then
+      export VFIO_IOMMUFD_MTTY_$role=$uuid
+    else
+      mtty_ok=0
+    fi
+  done
+  say "mtty: $( [ $mtty_ok = 1 ] && echo created || echo FAILED to create) source ${VFIO_IOMMUFD_MTTY_SOURCE:-none} destination ${VFIO_IOMMUFD_MTTY_DESTINATION:-none} (mtty-2), other ${VFIO_IOMMUFD_MTTY_OTHER:-none} (mtty-1); $(cat $mtty_types/mtty-2/available_instances) mtty-2 left"
+elif [ "$VFIO_IOMMUFD_VIOMMU" = virtio ]; then
+  say "no mtty ($mtty_types missing)"
+fi
 env | grep -E '^VFIO_IOMMUFD_' | sort >"$OUT/guest-env.txt"
 {
   echo "kernel: $(uname -a)"

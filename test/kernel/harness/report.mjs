@@ -174,6 +174,20 @@ function reportSuite(boot, dir, stepInfo) {
     fail(EXIT_TESTS_FAILED, `${label}: vitest exited ${stepInfo.rc} (see ${join(dir, 'vitest.log')})`);
 }
 
+/** The mtty migrations of test/kernel/mtty-migration.test.ts (virtio boot), summed into one line. */
+function reportMtty(boot, dir) {
+  const json = read(join(dir, 'mtty-migration.json'));
+  if (json === undefined) return;
+  const runs = JSON.parse(json).runs ?? [];
+  const transitions = runs.reduce((sum, run) => sum + run.transitions, 0);
+  const saved = runs.reduce((sum, run) => sum + run.bytesSaved, 0);
+  const restored = runs.reduce((sum, run) => sum + run.bytesRestored, 0);
+  const equal = runs.length > 0 && runs.every((run) => run.equal) && saved === restored;
+  say(`  device migration (mtty): ${transitions} state transitions, ${saved} bytes saved and ${saved === restored ? 'restored' : `${restored} restored`}, ` +
+    `destination state ${equal ? 'equal' : 'DIFFERENT'} (${runs.map((run) => run.path).join(', ')})`);
+  if (!equal) fail(EXIT_TESTS_FAILED, `${boot}: mtty migration: destination state differs or bytes saved != restored`);
+}
+
 const summary = { resultsDir, boots: {} };
 for (const boot of boots) {
   const dir = join(resultsDir, boot);
@@ -199,6 +213,7 @@ for (const boot of boots) {
   if (planned.includes('selftest')) reportSelftest(boot, dir, 'selftest', 'iommufd', st.get('selftest'));
   if (planned.includes('failnth')) reportSelftest(boot, dir, 'failnth', 'iommufd_fail_nth', st.get('failnth'));
   if (planned.includes('suite')) reportSuite(boot, dir, st.get('suite'));
+  reportMtty(boot, dir);
   summary.boots[boot] = { qemu, done, panic, steps: Object.fromEntries(st) };
 }
 

@@ -150,7 +150,12 @@ export class RecordingSyscalls implements Syscalls {
       result = new KernelError(name, this.lastErrno).code;
     } else if (name === 'VFIO_GROUP_GET_DEVICE_FD') {
       this.kinds.set(rc, 'device');
+    } else if (detail === 'MIG_DEVICE_STATE SET' && arg instanceof Uint8Array && arg.byteLength >= 16) {
+      // A SET that returns a migration data fd: VFIO_MIG_GET_PRECOPY_INFO goes to it.
+      const dataFd = new DataView(arg.buffer, arg.byteOffset).getInt32(12, true);
+      if (dataFd >= 0) this.kinds.set(dataFd, 'device');
     }
+    this.noteMigration(fd, name, detail, arg, result);
     this.records.push({ name, detail, kind, result });
     return rc;
   }
@@ -204,6 +209,51 @@ export class RecordingSyscalls implements Syscalls {
   deviceNumber(fd: number): string | undefined {
     return this.real.deviceNumber(fd);
   }
+  /** Migration arcs asked of the kernel: `FROM -> TO` (FROM as last read, set or reset) -> result -> count. */
+  readonly migrationArcs = new Map<string, Map<string, number>>();
+  private readonly migrationStates = new Map<number, number | undefined>();
+
+  private noteMigration(fd: number, name: string, detail: string | undefined, arg: IoctlArgument, result: string): void {
+    if (name === 'VFIO_DEVICE_RESET' && result === 'ok') this.migrationStates.set(fd, uapi.VFIO_DEVICE_STATE_RUNNING);
+    // GET and SET carry vfio_device_feature_mig_state after the header; PROBE carries nothing.
+    if (!(arg instanceof Uint8Array) || arg.byteLength < 16 || (detail !== 'MIG_DEVICE_STATE GET' && detail !== 'MIG_DEVICE_STATE SET')) return;
+    const state = new DataView(arg.buffer, arg.byteOffset).getUint32(8, true);
+    if (detail === 'MIG_DEVICE_STATE GET') {
+      if (result === 'ok') this.migrationStates.set(fd, state);
+      return;
+    }
+    const from = this.migrationStates.get(fd);
+    const arc = `${from === undefined ? '?' : uapi.migrationStateName(from)} -> ${uapi.migrationStateName(state)}`;
+    const row = this.migrationArcs.get(arc) ?? new Map<string, number>();
+    row.set(result, (row.get(result) ?? 0) + 1);
+    this.migrationArcs.set(arc, row);
+    // After a refusal the state is what the next GET says.
+    this.migrationStates.set(fd, result === 'ok' ? state : undefined);
+  }
+
+  /** Bytes read from and written to migration data fds. */
+  dataBytesRead = 0;
+  dataBytesWritten = 0;
+
+  read(fd: number, buffer: Uint8Array): number {
+    const n = this.real.read(fd, buffer);
+    if (n < 0) this.lastErrno = this.real.errno();
+    else this.dataBytesRead += n;
+    return n;
+  }
+
+  write(fd: number, buffer: Uint8Array): number {
+    const n = this.real.write(fd, buffer);
+    if (n < 0) this.lastErrno = this.real.errno();
+    else this.dataBytesWritten += n;
+    return n;
+  }
+
+  fcntl(fd: number, command: number, argument: number): number {
+    const rc = this.real.fcntl(fd, command, argument);
+    if (rc < 0) this.lastErrno = this.real.errno();
+    return rc;
+  }
 }
 
 let shared: { syscalls: RecordingSyscalls; kernel: LinuxKernel } | undefined;
@@ -242,6 +292,8 @@ export const SHIM_IOCTLS = [
   'VFIO_DEVICE_BIND_IOMMUFD', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', 'VFIO_DEVICE_DETACH_IOMMUFD_PT', 'VFIO_DEVICE_GET_INFO',
   'VFIO_DEVICE_GET_REGION_INFO', 'VFIO_DEVICE_RESET', 'VFIO_DEVICE_FEATURE',
   'VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', 'VFIO_DEVICE_PCI_HOT_RESET',
+  // migration-data.ts: LinuxMigrationData (the data fd a MIG_DEVICE_STATE SET returns)
+  'VFIO_MIG_GET_PRECOPY_INFO',
   // legacy.ts: LinuxLegacyContainer and LinuxGroup
   'VFIO_GET_API_VERSION', 'VFIO_CHECK_EXTENSION', 'VFIO_SET_IOMMU', 'VFIO_IOMMU_GET_INFO', 'VFIO_IOMMU_MAP_DMA',
   'VFIO_IOMMU_UNMAP_DMA', 'VFIO_IOMMU_DIRTY_PAGES', 'VFIO_GROUP_GET_STATUS', 'VFIO_GROUP_SET_CONTAINER',
@@ -257,6 +309,8 @@ export const SHIM_DETAILS = [
   'IOMMU_HWPT_GET_DIRTY_BITMAP clear', 'IOMMU_HWPT_GET_DIRTY_BITMAP NO_CLEAR',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_START SET|PROBE', 'VFIO_DEVICE_FEATURE DMA_LOGGING_START SET',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_STOP SET', 'VFIO_DEVICE_FEATURE DMA_LOGGING_REPORT GET',
+  'VFIO_DEVICE_FEATURE MIGRATION GET', 'VFIO_DEVICE_FEATURE MIG_DEVICE_STATE GET', 'VFIO_DEVICE_FEATURE MIG_DEVICE_STATE SET',
+  'VFIO_DEVICE_FEATURE MIG_DATA_SIZE GET',
   'VFIO_IOMMU_DIRTY_PAGES START', 'VFIO_IOMMU_DIRTY_PAGES STOP', 'VFIO_IOMMU_DIRTY_PAGES GET_BITMAP',
   'VFIO_IOMMU_UNMAP_DMA plain', 'VFIO_IOMMU_UNMAP_DMA GET_DIRTY_BITMAP', 'VFIO_IOMMU_UNMAP_DMA ALL',
 ] as const;
@@ -264,11 +318,11 @@ export const SHIM_DETAILS = [
 /** Why an ioctl (or sub-operation) cannot succeed in this guest, when the suite only reaches its failing path. */
 export const KNOWN_GAPS: Record<string, string> = {
   VFIO_DEVICE_RESET:
-    'edu has no reset method (no FLR, no PM capability, alone on the root bus): VFIO_DEVICE_INFO lacks FLAGS_RESET and the kernel answers EINVAL',
+    'succeeds on the mtty mdevs (virtio boot); in the intel boot there is no mtty, and edu has no reset method (no FLR, no PM capability, alone on the root bus): VFIO_DEVICE_INFO lacks FLAGS_RESET and the kernel answers EINVAL',
   VFIO_DEVICE_FEATURE:
-    "edu has none of the features the library asks for (migration, DMA logging: vfio-pci variant drivers only), so every call is ENOTTY; the SET-only LOW_POWER features vfio-pci gives every device are probed with GET by featureProbe(), which the kernel refuses (EINVAL)",
+    "succeeds on the mtty mdevs (virtio boot: migration); in the intel boot edu has none of the features the library asks for (migration, DMA logging: vfio-pci variant drivers only), so every call is ENOTTY; the SET-only LOW_POWER features vfio-pci gives every device are probed with GET by featureProbe(), which the kernel refuses (EINVAL)",
   'VFIO_DEVICE_FEATURE DMA_LOGGING_START SET':
-    'success needs a device with DMA logging (mlx5/pds/hisi vfio-pci variant drivers); QEMU emulates none: edu answers ENOTTY',
+    'succeeds on mtty (virtio boot), whose log ops accept any range and report nothing; real DMA logging needs mlx5/pds/hisi vfio-pci variant drivers, which QEMU does not emulate (edu answers ENOTTY)',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_STOP SET': 'as DMA_LOGGING_START: edu answers ENOTTY',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_REPORT GET': 'as DMA_LOGGING_START: edu answers ENOTTY',
   VFIO_DEVICE_GET_PCI_HOT_RESET_INFO:
@@ -283,6 +337,9 @@ interface CoverageFile {
   ioctls: Record<string, Record<string, number>>;
   /** "NAME detail" -> result -> count */
   details: Record<string, Record<string, number>>;
+  /** Migration arcs "FROM -> TO" -> result -> count (MIG_DEVICE_STATE SET). */
+  migrationArcs?: Record<string, Record<string, number>>;
+  migrationDataBytes?: { read: number; written: number };
 }
 
 const RECORD_DIR = '/tmp/vfio-iommufd-kernel-suite';
@@ -312,6 +369,16 @@ export function flushCoverage(file: string): void {
     count(merged.ioctls, record.name, record.result);
     if (record.detail) count(merged.details, `${record.name} ${record.detail}`, record.result);
   }
+  merged.migrationArcs ??= {};
+  for (const [arc, results] of shared.syscalls.migrationArcs) {
+    for (const [result, n] of results) for (let i = 0; i < n; i++) count(merged.migrationArcs, arc, result);
+  }
+  shared.syscalls.migrationArcs.clear();
+  merged.migrationDataBytes ??= { read: 0, written: 0 };
+  merged.migrationDataBytes.read += shared.syscalls.dataBytesRead;
+  merged.migrationDataBytes.written += shared.syscalls.dataBytesWritten;
+  shared.syscalls.dataBytesRead = 0;
+  shared.syscalls.dataBytesWritten = 0;
   writeFileSync(path, JSON.stringify(merged, null, 2));
   writeFileSync(join(resultsDir(), 'ioctl-coverage.json'), JSON.stringify(coverageReport(merged), null, 2) + '\n');
 }
@@ -339,6 +406,8 @@ export function coverageReport(merged: CoverageFile) {
     subOperations: details,
     subOperationsMissing: SHIM_DETAILS.filter((name) => !merged.details[name]),
     otherSubOperations: Object.keys(merged.details).filter((name) => !(SHIM_DETAILS as readonly string[]).includes(name)),
+    migrationArcs: Object.fromEntries(Object.entries(merged.migrationArcs ?? {}).sort(([a], [b]) => a.localeCompare(b))),
+    migrationDataBytes: merged.migrationDataBytes ?? { read: 0, written: 0 },
   };
 }
 
