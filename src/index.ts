@@ -14,7 +14,7 @@ export type {
 } from './vfio/index.js';
 export { DirtySync, MigrationBitmap, MemoryRegion, MigrationBlockedError } from './dirty/index.js';
 export type { DirtyRound, DirtySyncOptions, RoundOptions, DirtyRange, QueryFailure } from './dirty/index.js';
-export { Migration, MigrationTarget, MigrationFailedError, MigrationRefusedError, StreamFormatError } from './migration/index.js';
+export { Migration, MigrationTarget, MigrationFailedError, MigrationRefusedError, StreamFormatError, DeviceMigrationSink, DeviceMigrationSource } from './migration/index.js';
 export type {
   DeviceStateSink, DeviceStateSource, MigrationOptions, MigrationRound, MigrationSummary, MigrationTargetOptions, MigrationTargetSummary,
 } from './migration/index.js';

@@ -12,7 +12,7 @@ import type { Command } from 'commander';
 import { DirtySync } from '../dirty/index.js';
 import { simulatedKernel, Xoshiro128 } from '../kernel/sim/index.js';
 import type { HostMemory } from '../kernel/types.js';
-import { Migration, MigrationTarget, type MigrationRound, type MigrationSummary } from '../migration/index.js';
+import { DeviceMigration, DeviceMigrationSink, DeviceMigrationSource, Migration, MigrationTarget, type MigrationRound, type MigrationSummary } from '../migration/index.js';
 import { AddressSpace } from '../vfio/address-space.js';
 import { printJson, progress, table } from './output.js';
 import { deviceSpec, guestRanges, parseDeviceOption, WORKLOADS, type SimulatedDeviceOption, type WorkloadName } from './simulation.js';
@@ -145,11 +145,13 @@ export async function migrateSource(socket: Socket, options: SourceOptions): Pro
     }
     for (const device of options.devices) await space.attach(device.name);
     const devices = space.devices.map((d) => ({ name: d.name, tracker: d.dirtyTracker }));
+    // Devices with VFIO migration state go with the RAM: PRE_COPY data while running, STOP_COPY at the switchover.
+    const stateful = options.devices.filter((d) => d.words.includes('migration')).map((d) => new DeviceMigrationSource(new DeviceMigration(space.device(d.name).handle)));
     await sync.start();
     const workload = new ContentWorkload(kernel, layout, options.devices.map((d) => d.name), options.workload, options.dirtyRate, options.seed);
     const rounds: MigrationRound[] = [];
     const migration = new Migration(sync, {
-      stream: socket, memories, downtimeLimitMs: options.downtimeMs, maxRounds: options.maxRounds, bandwidthBytesPerSecond: options.bandwidth,
+      stream: socket, memories, devices: stateful, downtimeLimitMs: options.downtimeMs, maxRounds: options.maxRounds, bandwidthBytesPerSecond: options.bandwidth,
       stopGuest: () => {
         workload.stopped = true;
       },
@@ -171,15 +173,19 @@ export async function migrateSource(socket: Socket, options: SourceOptions): Pro
   }
 }
 
-/** The destination side: the same layout of memory, loaded from `socket`. */
-export async function migrateDestination(socket: Socket, guestMemory: bigint): Promise<{ ramBytes: number; rounds: number }> {
-  const kernel = simulatedKernel({ devices: [] });
+/** The destination side: the same layout of memory and the same devices, loaded from `socket`. */
+export async function migrateDestination(socket: Socket, guestMemory: bigint, devices: readonly SimulatedDeviceOption[] = []): Promise<{ ramBytes: number; rounds: number; deviceStateBytes: number }> {
+  const kernel = simulatedKernel({ devices: devices.map(deviceSpec) });
+  const space = new AddressSpace(kernel);
   const memories = regionLayout(guestMemory).map((r) => kernel.allocateHostMemory(r.length, { content: true }));
   try {
-    const target = new MigrationTarget({ stream: socket, memories, pageSize: Number(PAGE) });
+    const sinks: DeviceMigrationSink[] = [];
+    for (const d of devices.filter((d) => d.words.includes('migration'))) sinks.push(new DeviceMigrationSink(new DeviceMigration((await space.attach(d.name)).handle)));
+    const target = new MigrationTarget({ stream: socket, memories, pageSize: Number(PAGE), devices: sinks });
     const summary = await target.run();
-    return { ramBytes: summary.ramBytes, rounds: summary.rounds };
+    return { ramBytes: summary.ramBytes, rounds: summary.rounds, deviceStateBytes: summary.deviceStateBytes };
   } finally {
+    await space.close();
     for (const m of memories) m.release();
   }
 }
@@ -234,7 +240,7 @@ export function registerMigrate(program: Command): void {
     .command('migrate')
     .description('live-migrate a simulated guest (real memory content) to a destination process over TCP and check the destination byte for byte')
     .option('--guest-memory <size>', `guest memory (at most a quarter of this machine's memory: ${formatBytes(guestMemoryLimit())})`, '1GiB')
-    .option('--device <name:spec>', `a device, repeatable; spec words joined by +: iommu-dirty, dma-logging, mdev, legacy (default: ${DEFAULT_DEVICES.join(' ')})`, (value: string, all: string[]) => [...all, value], [] as string[])
+    .option('--device <name:spec>', `a device, repeatable; spec words joined by +: iommu-dirty, dma-logging, mdev, legacy, migration (VFIO migration v2 state, moved with the RAM) (default: ${DEFAULT_DEVICES.join(' ')}); give the destination the same devices`, (value: string, all: string[]) => [...all, value], [] as string[])
     .option('--workload <kind>', `guest write pattern: ${WORKLOADS.join('|')}`, 'hotset')
     .option('--dirty-rate <rate>', 'bytes the guest\'s devices write per second', '100MiB/s')
     .option('--bandwidth <rate>', 'limit the migration stream to this rate (default: as fast as the link goes)')
@@ -258,9 +264,9 @@ export function registerMigrate(program: Command): void {
         if (!process.send) process.stderr.write(`vfio-iommufd migrate: listening on ${address.address}:${address.port}\n`);
         const [socket] = (await once(server, 'connection')) as [Socket];
         server.close();
-        const result = await migrateDestination(socket, guestMemory);
+        const result = await migrateDestination(socket, guestMemory, (flags.device.length ? flags.device : DEFAULT_DEVICES).map(parseDeviceOption));
         if (flags.json) printJson({ destination: result });
-        else process.stdout.write(`destination: ${result.rounds} rounds, ${formatBytes(result.ramBytes)} of RAM loaded; the guest runs here\n`);
+        else process.stdout.write(`destination: ${result.rounds} rounds, ${formatBytes(result.ramBytes)} of RAM and ${formatBytes(result.deviceStateBytes)} of device state loaded; the guest runs here\n`);
         return;
       }
       if (!WORKLOADS.includes(flags.workload as WorkloadName)) throw new UsageError(`--workload: ${JSON.stringify(flags.workload)} is not one of ${WORKLOADS.join(', ')}`);
@@ -284,7 +290,8 @@ export function registerMigrate(program: Command): void {
       } else {
         raw = await loopbackThroughput();
         // The destination: this command again, as a child process listening on an ephemeral port.
-        child = fork(fileURLToPath(new URL('./main.js', import.meta.url)), ['migrate', '--listen', '127.0.0.1:0', '--guest-memory', flags.guestMemory, '--json'], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+        const deviceFlags = (flags.device.length ? flags.device : DEFAULT_DEVICES).flatMap((d) => ['--device', d]);
+        child = fork(fileURLToPath(new URL('./main.js', import.meta.url)), ['migrate', '--listen', '127.0.0.1:0', '--guest-memory', flags.guestMemory, ...deviceFlags, '--json'], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
         const [message] = (await Promise.race([once(child, 'message'), once(child, 'exit').then(() => { throw new Error('the destination process exited before listening'); })])) as [{ listening: number }];
         address = { host: '127.0.0.1', port: message.listening };
       }

@@ -11,3 +11,4 @@ export type { DeviceChunk, DeviceMigrationOptions, MigrationCounters } from './d
 export { MigrationTransitionError } from './errors.js';
 export type { MigrationRecovery } from './errors.js';
 export { MIGRATION_STATE_NAMES, migrationPath, migrationStateName, migrationStateSupported, nextMigrationState } from '../uapi/vfio-migration.js';
+export { DeviceMigrationSink, DeviceMigrationSource } from './device-state.js';

@@ -25,14 +25,16 @@ it('migrate --json: a child destination over TCP, verified byte for byte', async
   expect(result.summary.downtimeMs).toBeGreaterThan(0);
 }, 120_000);
 
-it('migrate with a mixed topology and a burst workload verifies', async () => {
+it('migrate with a mixed topology, devices with migration state and a burst workload verifies', async () => {
   const { stdout } = await run('node', [
     cli, 'migrate', '--guest-memory', '64MiB', '--workload', 'burst', '--dirty-rate', '50MiB/s', '--json',
-    '--device', 'nic0:iommu-dirty', '--device', 'gpu0:dma-logging', '--device', 'leg0:legacy',
+    '--device', 'nic0:iommu-dirty+migration', '--device', 'gpu0:dma-logging', '--device', 'leg0:legacy+migration',
   ], { cwd: root });
   const result = JSON.parse(stdout) as { summary: Summary; devices: { name: string; tracker: string }[] };
   expect(result.devices.map((d) => d.tracker)).toEqual(['iommu', 'dma-logging', 'type1']);
   expect(result.summary).toMatchObject({ verified: true, mismatchedPages: 0 });
+  // Both devices' state went over: the destination loaded it (a bad stream fails its RESUMING).
+  expect(result.summary.deviceStateBytes).toBeGreaterThan(0);
 }, 120_000);
 
 it('migrate --listen and --connect run the two sides as separate processes', async () => {
