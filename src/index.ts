@@ -1,5 +1,6 @@
 // vfio-iommufd: userspace VFIO and iommufd for live migration of VMs with assigned devices.
-export { simulatedKernel } from './kernel/sim/index.js';
+export { simulatedKernel, guestWorkload } from './kernel/sim/index.js';
+export type { SimulatedKernelOptions, SimulatedDeviceSpecInput, GuestWorkloadOptions, WorkloadPattern, WorkloadStep, TruthComparison } from './kernel/sim/index.js';
 export { linuxKernel, LinuxKernel } from './kernel/linux/index.js';
 export { KernelError, InvalidArgumentError, isKernelError } from './kernel/errors.js';
 export type {
@@ -12,7 +13,8 @@ export {
 export type {
   AddressSpaceOptions, AttachOptions, MapRequest, Mapping, MappingObserver, Topology, ContainerTopology, DirtyTracker,
 } from './vfio/index.js';
-export { DirtySync, MigrationBitmap } from './dirty/index.js';
+export { DirtySync, MigrationBitmap, estimateConvergence } from './dirty/index.js';
+export type { ConvergenceEstimate, ConvergenceInput } from './dirty/index.js';
 export type { DirtyRound, DirtySyncOptions, RoundOptions, DirtyRange, QueryFailure } from './dirty/index.js';
-export { Engine, IovaRangeSet } from './engine/index.js';
+export { Engine, IovaRangeSet, EngineInputError, EngineWorkerError, EngineClosedError } from './engine/index.js';
 export type { EngineOptions } from './engine/index.js';

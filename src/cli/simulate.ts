@@ -3,7 +3,7 @@
 import { availableParallelism } from 'node:os';
 import type { Command } from 'commander';
 import { printJson, progress, table } from './output.js';
-import { parseDeviceOption, simulateMigration, WORKLOADS, type SimulatedDeviceOption, type WorkloadName } from './simulation.js';
+import { MAX_ENGINE_WORKERS, parseDeviceOption, simulateMigration, WORKLOADS, type SimulatedDeviceOption, type WorkloadName } from './simulation.js';
 import { formatBytes, parseCount, parseDuration, parseRate, parseSize, UsageError } from './units.js';
 
 interface SimulateFlags {
@@ -39,24 +39,30 @@ export function registerSimulate(program: Command): void {
       if (!WORKLOADS.includes(flags.workload as WorkloadName)) throw new UsageError(`--workload: ${JSON.stringify(flags.workload)} is not one of ${WORKLOADS.join(', ')}`);
       const devices: SimulatedDeviceOption[] = (flags.device.length ? flags.device : DEFAULT_DEVICES).map(parseDeviceOption);
       const maxRounds = parseCount('--max-rounds', flags.maxRounds);
+      // Every flag is parsed before any work, so a bad one is a usage error with nothing done.
+      const parsed = {
+        guestMemory: parseSize('--guest-memory', flags.guestMemory),
+        devices,
+        workload: flags.workload as WorkloadName,
+        dirtyRate: parseRate('--dirty-rate', flags.dirtyRate),
+        bandwidth: parseRate('--bandwidth', flags.bandwidth),
+        downtimeMs: parseDuration('--downtime', flags.downtime),
+        seed: parseCount('--seed', flags.seed, 0),
+        workers: parseCount('--workers', flags.workers, 0, MAX_ENGINE_WORKERS, 'the most worker threads the engine runs'),
+        maxRounds,
+      };
       const bar = progress(maxRounds, 'precopy', !flags.json);
       let result;
       try {
         result = await simulateMigration({
-          guestMemory: parseSize('--guest-memory', flags.guestMemory),
-          devices,
-          workload: flags.workload as WorkloadName,
-          dirtyRate: parseRate('--dirty-rate', flags.dirtyRate),
-          bandwidth: parseRate('--bandwidth', flags.bandwidth),
-          downtimeMs: parseDuration('--downtime', flags.downtime),
-          seed: parseCount('--seed', flags.seed, 0),
-          workers: parseCount('--workers', flags.workers, 0),
-          maxRounds,
+          ...parsed,
           onRound: (round) => bar.update(round.round, `${round.kind}, ${formatBytes(round.dirtyPages * 4096)} dirty`),
         });
       } finally {
         bar.stop();
       }
+      // Lost pages are a failed check whichever way the result is printed.
+      if (result.summary.lostPages > 0) process.exitCode = 1;
       if (flags.json) return printJson(result);
       const lines: string[] = [];
       lines.push(`guest ${formatBytes(result.guestBytes)}; devices: ${result.devices.map((d) => `${d.name} (${d.tracker})`).join(', ')}`);
@@ -81,6 +87,5 @@ export function registerSimulate(program: Command): void {
       lines.push(`total sent: ${formatBytes(s.totalSentBytes)}`);
       lines.push(`lost pages: ${s.lostPages}`);
       process.stdout.write(`${lines.join('\n')}\n`);
-      if (s.lostPages > 0) process.exitCode = 1;
     });
 }
