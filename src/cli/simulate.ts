@@ -3,6 +3,7 @@
 import { availableParallelism } from 'node:os';
 import type { Command } from 'commander';
 import { printJson, progress, table } from './output.js';
+import { addReportOption, migrationPage, reportPath, writeReport } from './report.js';
 import { MAX_ENGINE_WORKERS, parseDeviceOption, simulateMigration, WORKLOADS, type SimulatedDeviceOption, type WorkloadName } from './simulation.js';
 import { formatBytes, parseCount, parseDuration, parseRate, parseSize, UsageError } from './units.js';
 
@@ -17,12 +18,13 @@ interface SimulateFlags {
   workers: string;
   maxRounds: string;
   json?: boolean;
+  report?: string;
 }
 
 const DEFAULT_DEVICES = ['nic0:iommu-dirty', 'gpu0:dma-logging'];
 
 export function registerSimulate(program: Command): void {
-  program
+  const command = program
     .command('simulate')
     .description('live-migrate a simulated guest with assigned devices on the embedded simulated kernel, checking every round against the ground truth')
     .option('--guest-memory <size>', 'guest memory', '64GiB')
@@ -34,8 +36,9 @@ export function registerSimulate(program: Command): void {
     .option('--seed <n>', 'workload seed', '1')
     .option('--workers <n>', 'engine worker threads', String(availableParallelism()))
     .option('--max-rounds <n>', 'precopy rounds before giving up', '30')
-    .option('--json', 'print one JSON document')
-    .action(async (flags: SimulateFlags) => {
+    .option('--json', 'print one JSON document');
+  addReportOption(command).action(async (flags: SimulateFlags) => {
+      const report = reportPath(flags.report);
       if (!WORKLOADS.includes(flags.workload as WorkloadName)) throw new UsageError(`--workload: ${JSON.stringify(flags.workload)} is not one of ${WORKLOADS.join(', ')}`);
       const devices: SimulatedDeviceOption[] = (flags.device.length ? flags.device : DEFAULT_DEVICES).map(parseDeviceOption);
       const maxRounds = parseCount('--max-rounds', flags.maxRounds);
@@ -60,6 +63,10 @@ export function registerSimulate(program: Command): void {
         });
       } finally {
         bar.stop();
+      }
+      if (report) {
+        const given = process.argv.slice(process.argv.indexOf('simulate') + 1).filter((a) => a !== '--report' && a !== flags.report && a !== '--json');
+        await writeReport(report, migrationPage('vfio-iommufd simulate', result, given));
       }
       // Lost pages are a failed check whichever way the result is printed.
       if (result.summary.lostPages > 0) process.exitCode = 1;
