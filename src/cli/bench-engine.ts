@@ -6,6 +6,7 @@ import {
   runEngineBench,
 } from '../engine/bench.js';
 import { printJson, progress, table } from './output.js';
+import { addReportOption, enginePage, reportPath, writeReport } from './report.js';
 import { UsageError, parseCount, parseDuration, parseSize } from './units.js';
 
 interface BenchEngineOptions {
@@ -17,6 +18,7 @@ interface BenchEngineOptions {
   time?: string;
   jsMaxSize?: string;
   c: boolean;
+  report?: string;
 }
 
 function parseDensities(text: string): number[] {
@@ -101,8 +103,8 @@ export function formatReport(report: BenchReport, workers: number): string {
 
 /** Adds `engine` to the CLI's `bench` command. */
 export function registerBenchEngine(bench: Command): Command {
-  return bench
-    .command('engine')
+  return addReportOption(bench
+    .command('engine'))
     .description('the WASM dirty engine: every kernel at several sizes and densities, against tuned plain JS and C, with the memory bandwidth')
     .option('--json', 'print one JSON document: { machine, memoryBandwidth, results, notes, criteria }')
     .option('--sizes <list>', 'bitmap sizes', DEFAULT_SIZES.map((s) => formatBytes(s).replace(' ', '')).join(','))
@@ -113,6 +115,7 @@ export function registerBenchEngine(bench: Command): Command {
     .option('--js-max-size <size>', 'largest size the plain JS runs at', '32MiB')
     .option('--no-c', 'skip the C reference')
     .action(async (options: BenchEngineOptions) => {
+      const reportFile = reportPath(options.report);
       const sizes = options.sizes ? parseSizes(options.sizes) : DEFAULT_SIZES;
       const densities = options.densities ? parseDensities(options.densities) : DEFAULT_DENSITIES;
       const kernels = options.kernels ? parseKernels(options.kernels) : undefined;
@@ -128,6 +131,7 @@ export function registerBenchEngine(bench: Command): Command {
         },
       });
       bar?.stop();
+      if (reportFile) await writeReport(reportFile, enginePage(report));
       if (options.json) return printJson({ ...report, criteria: evaluateCriteria(report) });
       const n = workers ?? Math.max(...report.results.map((r) => r.workers));
       process.stdout.write(`${formatReport(report, n)}\n`);

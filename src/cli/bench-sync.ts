@@ -16,6 +16,7 @@ import { packageRoot } from '../engine/module.js';
 import { simulatedKernel, Xoshiro128 } from '../kernel/sim/index.js';
 import { AddressSpace } from '../vfio/address-space.js';
 import { printJson, progress, table } from './output.js';
+import { addReportOption, reportPath, syncPage, writeReport } from './report.js';
 import { guestRanges } from './simulation.js';
 import { formatBytes, parseCount, parseSize, UsageError } from './units.js';
 
@@ -206,8 +207,11 @@ export async function runSyncBench(options: { guests: bigint[]; densities: numbe
   }
 }
 
+// --quick: the smallest guests and two densities, for a fast look or report.
+const QUICK = { guest: '8GiB,64GiB,256GiB', density: '0.001,0.01', iterations: '2' };
+
 export function registerBenchSync(bench: Command): void {
-  bench
+  const command = bench
     .command('sync')
     .description('one DirtySync round end to end (simulated kernel -> engine -> runs), 2 sources, against the same work in C')
     .option('--guest <sizes>', 'guest sizes, comma-separated', '64GiB,1TiB,4TiB')
@@ -215,7 +219,12 @@ export function registerBenchSync(bench: Command): void {
     .option('--workers <list>', 'engine worker threads to measure, comma-separated (0 = the calling thread)', `0,${availableParallelism()}`)
     .option('--iterations <n>', 'measured rounds per case', '5')
     .option('--json', 'print one JSON document')
-    .action(async (flags: { guest: string; density: string; workers: string; iterations: string; json?: boolean }) => {
+    .option('--quick', `a small subset for a fast report: --guest ${QUICK.guest} --density ${QUICK.density} --iterations ${QUICK.iterations} unless given`);
+  addReportOption(command).action(async (flags: { guest: string; density: string; workers: string; iterations: string; json?: boolean; quick?: boolean; report?: string }) => {
+      const reportFile = reportPath(flags.report);
+      if (flags.quick) {
+        for (const key of ['guest', 'density', 'iterations'] as const) if (command.getOptionValueSource(key) === 'default') flags[key] = QUICK[key];
+      }
       const guests = flags.guest.split(',').map((text) => parseSize('--guest', text));
       for (const guest of guests) if (guest < 8n << 30n || guest % (2n << 20n) !== 0n) throw new UsageError('--guest: each size must be at least 8GiB and a multiple of 2MiB');
       const densities = flags.density.split(',').map(Number);
@@ -233,6 +242,7 @@ export function registerBenchSync(bench: Command): void {
       } finally {
         bar.stop();
       }
+      if (reportFile) await writeReport(reportFile, syncPage(report));
       if (flags.json) return printJson({ machine: report.machine, results: report.results, limits: report.limits, notes: report.notes });
       const rows: (string | number)[][] = [];
       for (const ours of report.results.filter((r) => r.impl === 'vfio-iommufd')) {

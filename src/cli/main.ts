@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // The vfio-iommufd command: simulate (the main job, on the embedded simulated kernel), bench
 // and probe.
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { EngineInputError } from '../engine/errors.js';
 import { InvalidArgumentError, KernelError } from '../kernel/errors.js';
 import { linuxKernel } from '../kernel/linux/index.js';
 import { registerBenchSync } from './bench-sync.js';
@@ -11,10 +13,33 @@ import { probe, simulatedProbeKernel } from './probe.js';
 import { registerSimulate } from './simulate.js';
 import { UsageError } from './units.js';
 
+// Exit codes: 0 success, 1 a failed migration or check (lost pages, a kernel error), 2 a usage
+// error, commander's own (unknown option or command, missing value) included.
+const EXIT_FAILED = 1;
+const EXIT_USAGE = 2;
+
+// dist/src/cli/main.js -> the package root, in the repository and in an installed package alike.
+const { version } = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+const debug = process.argv.includes('--debug');
+
+/** One line on stderr; the stack only with --debug. */
+function fail(error: unknown, code: number, prefix = ''): never {
+  const message = error instanceof Error ? error.message : String(error);
+  process.stderr.write(`vfio-iommufd: ${prefix}${message.split('\n')[0]}\n`);
+  if (debug && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+  process.exit(code);
+}
+
 const program = new Command('vfio-iommufd')
   .description('Userspace VFIO and iommufd for live migration: containers, auto domains and dirty-page sync')
-  .showHelpAfterError()
-  .exitOverride();
+  .version(version, '-V, --version', 'print the version')
+  .option('--debug', 'print the stack of an error')
+  // Set before the commands are added: subcommands inherit both.
+  .exitOverride()
+  .configureOutput({
+    // Commander's errors as one line like ours: "vfio-iommufd: unknown option '--bogus' (see --help)".
+    outputError: (text, write) => write(`vfio-iommufd: ${text.replace(/^error: /, '').trim().split('\n')[0]} (see --help)\n`),
+  });
 
 registerSimulate(program);
 registerMigrate(program);
@@ -53,16 +78,13 @@ async function main(): Promise<void> {
   try {
     await program.parseAsync(process.argv);
   } catch (error) {
-    if (error instanceof CommanderError) process.exit(error.exitCode);
-    if (error instanceof UsageError || error instanceof InvalidArgumentError) {
-      process.stderr.write(`vfio-iommufd: ${error.message}\n`);
-      process.exit(2);
+    if (error instanceof CommanderError) {
+      // --help and --version exit 0; every parse error is a usage error.
+      process.exit(error.exitCode === 0 ? 0 : EXIT_USAGE);
     }
-    if (error instanceof KernelError) {
-      process.stderr.write(`vfio-iommufd: ${error.message}\n`);
-      process.exit(1);
-    }
-    throw error;
+    if (error instanceof UsageError || error instanceof InvalidArgumentError || error instanceof EngineInputError) fail(error, EXIT_USAGE);
+    if (error instanceof KernelError) fail(error, EXIT_FAILED);
+    fail(error, EXIT_FAILED, 'internal error: ');
   }
 }
 

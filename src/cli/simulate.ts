@@ -3,7 +3,8 @@
 import { availableParallelism } from 'node:os';
 import type { Command } from 'commander';
 import { printJson, progress, table } from './output.js';
-import { parseDeviceOption, simulateMigration, WORKLOADS, type SimulatedDeviceOption, type WorkloadName } from './simulation.js';
+import { addReportOption, migrationPage, reportPath, writeReport } from './report.js';
+import { MAX_ENGINE_WORKERS, parseDeviceOption, simulateMigration, WORKLOADS, type SimulatedDeviceOption, type WorkloadName } from './simulation.js';
 import { formatBytes, parseCount, parseDuration, parseRate, parseSize, UsageError } from './units.js';
 
 interface SimulateFlags {
@@ -17,12 +18,13 @@ interface SimulateFlags {
   workers: string;
   maxRounds: string;
   json?: boolean;
+  report?: string;
 }
 
 const DEFAULT_DEVICES = ['nic0:iommu-dirty', 'gpu0:dma-logging'];
 
 export function registerSimulate(program: Command): void {
-  program
+  const command = program
     .command('simulate')
     .description('live-migrate a simulated guest with assigned devices on the embedded simulated kernel, checking every round against the ground truth')
     .option('--guest-memory <size>', 'guest memory', '64GiB')
@@ -34,29 +36,40 @@ export function registerSimulate(program: Command): void {
     .option('--seed <n>', 'workload seed', '1')
     .option('--workers <n>', 'engine worker threads', String(availableParallelism()))
     .option('--max-rounds <n>', 'precopy rounds before giving up', '30')
-    .option('--json', 'print one JSON document')
-    .action(async (flags: SimulateFlags) => {
+    .option('--json', 'print one JSON document');
+  addReportOption(command).action(async (flags: SimulateFlags) => {
+      const report = reportPath(flags.report);
       if (!WORKLOADS.includes(flags.workload as WorkloadName)) throw new UsageError(`--workload: ${JSON.stringify(flags.workload)} is not one of ${WORKLOADS.join(', ')}`);
       const devices: SimulatedDeviceOption[] = (flags.device.length ? flags.device : DEFAULT_DEVICES).map(parseDeviceOption);
       const maxRounds = parseCount('--max-rounds', flags.maxRounds);
+      // Every flag is parsed before any work, so a bad one is a usage error with nothing done.
+      const parsed = {
+        guestMemory: parseSize('--guest-memory', flags.guestMemory),
+        devices,
+        workload: flags.workload as WorkloadName,
+        dirtyRate: parseRate('--dirty-rate', flags.dirtyRate),
+        bandwidth: parseRate('--bandwidth', flags.bandwidth),
+        downtimeMs: parseDuration('--downtime', flags.downtime),
+        seed: parseCount('--seed', flags.seed, 0),
+        workers: parseCount('--workers', flags.workers, 0, MAX_ENGINE_WORKERS, 'the most worker threads the engine runs'),
+        maxRounds,
+      };
       const bar = progress(maxRounds, 'precopy', !flags.json);
       let result;
       try {
         result = await simulateMigration({
-          guestMemory: parseSize('--guest-memory', flags.guestMemory),
-          devices,
-          workload: flags.workload as WorkloadName,
-          dirtyRate: parseRate('--dirty-rate', flags.dirtyRate),
-          bandwidth: parseRate('--bandwidth', flags.bandwidth),
-          downtimeMs: parseDuration('--downtime', flags.downtime),
-          seed: parseCount('--seed', flags.seed, 0),
-          workers: parseCount('--workers', flags.workers, 0),
-          maxRounds,
+          ...parsed,
           onRound: (round) => bar.update(round.round, `${round.kind}, ${formatBytes(round.dirtyPages * 4096)} dirty`),
         });
       } finally {
         bar.stop();
       }
+      if (report) {
+        const given = process.argv.slice(process.argv.indexOf('simulate') + 1).filter((a) => a !== '--report' && a !== flags.report && a !== '--json');
+        await writeReport(report, migrationPage('vfio-iommufd simulate', result, given));
+      }
+      // Lost pages are a failed check whichever way the result is printed.
+      if (result.summary.lostPages > 0) process.exitCode = 1;
       if (flags.json) return printJson(result);
       const lines: string[] = [];
       lines.push(`guest ${formatBytes(result.guestBytes)}; devices: ${result.devices.map((d) => `${d.name} (${d.tracker})`).join(', ')}`);
@@ -82,6 +95,5 @@ export function registerSimulate(program: Command): void {
       lines.push(`total sent: ${formatBytes(s.totalSentBytes)} (device state ${formatBytes(s.deviceStateBytes)})`);
       lines.push(`lost pages: ${s.lostPages}`);
       process.stdout.write(`${lines.join('\n')}\n`);
-      if (s.lostPages > 0) process.exitCode = 1;
     });
 }

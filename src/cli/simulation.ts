@@ -4,12 +4,25 @@
 import { estimateConvergence, type ConvergenceEstimate } from '../dirty/convergence.js';
 import { DirtySync } from '../dirty/dirty-sync.js';
 import type { RoundPhases } from '../dirty/dirty-sync.js';
-import { guestWorkload, simulatedKernel, type SimulatedDeviceSpecInput } from '../kernel/sim/index.js';
+import { EngineInputError } from '../engine/errors.js';
+import { InvalidArgumentError } from '../kernel/errors.js';
+import { guestWorkload, resolveDeviceSpecs, simulatedKernel, type SimulatedDeviceSpecInput } from '../kernel/sim/index.js';
 import type { WorkloadPattern } from '../kernel/sim/index.js';
 import { DeviceMigration } from '../migration/index.js';
 import { AddressSpace, type Topology } from '../vfio/address-space.js';
 import type { DirtyTracker } from '../vfio/device.js';
-import { UsageError } from './units.js';
+import { formatBytes, UsageError } from './units.js';
+
+/** The engine's worker pool holds at most this many threads (src/engine/engine.ts). */
+export const MAX_ENGINE_WORKERS = 256;
+/**
+ * Guest page writes the workload generator simulates in one round. It draws every write, so a
+ * round beyond this (a dirty rate far above the link, or a link so slow a round lasts years) is
+ * refused rather than run out of memory.
+ */
+export const MAX_WRITES_PER_ROUND = 2 ** 27;
+/** Writes drawn per generator call: bounds the generator's scratch memory. */
+const WRITES_PER_STEP = 2 ** 22;
 
 export const DEVICE_WORDS = ['iommu-dirty', 'dma-logging', 'mdev', 'legacy', 'migration'] as const;
 export type DeviceWord = (typeof DEVICE_WORDS)[number];
@@ -137,9 +150,21 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     if (names.has(d.name)) throw new UsageError(`--device ${d.name} is given twice`);
     names.add(d.name);
   }
-  const kernel = simulatedKernel({ devices: options.devices.map(deviceSpec) });
-  const space = new AddressSpace(kernel);
+  const specs = options.devices.map(deviceSpec);
   const ranges = guestRanges(options.guestMemory);
+  const lastIova = ranges.at(-1)!.iova + ranges.at(-1)!.length - 1n;
+  // The IOMMU translates IOVAs below 2^width only: say so instead of the kernel's EADDRINUSE.
+  for (const model of resolveDeviceSpecs(specs)) {
+    if (model.iommu && lastIova > model.iommu.apertureLast) {
+      const width = (model.iommu.apertureLast + 1n).toString(2).length - 1;
+      throw new UsageError(
+        `--guest-memory ${formatBytes(options.guestMemory)}: the guest's IOVAs reach 0x${lastIova.toString(16)}, beyond the ${width}-bit address width of ${model.name}'s IOMMU ` +
+          `(IOVAs below ${formatBytes(model.iommu.apertureLast + 1n)}, the PCI hole at 3-4 GiB included)`,
+      );
+    }
+  }
+  const kernel = simulatedKernel({ devices: specs });
+  const space = new AddressSpace(kernel);
   // Untracked devices are simulated, not refused: the run says why it cannot converge.
   const sync = new DirtySync(space, { workers: options.workers, pageSize: PAGE, allowUntrackedDevices: true });
   const rounds: SimulatedRound[] = [];
@@ -159,7 +184,23 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     };
     const devices = space.devices.map((d) => ({ name: d.name, tracker: d.dirtyTracker }));
     const topology = space.topology();
-    await sync.start();
+    try {
+      await sync.start();
+    } catch (error) {
+      // The dirty layer's limits (bitmap index width, the engine's shared memory) bound the guest.
+      if (error instanceof EngineInputError || error instanceof InvalidArgumentError) {
+        throw new UsageError(`--guest-memory ${formatBytes(options.guestMemory)}: too large for the dirty-page tracker: ${error.message}`);
+      }
+      throw error;
+    }
+    const writesPerSecond = options.dirtyRate / Number(PAGE);
+    const firstRoundWrites = writesPerSecond * (Number(options.guestMemory) / options.bandwidth);
+    if (firstRoundWrites > MAX_WRITES_PER_ROUND) {
+      throw new UsageError(
+        `--dirty-rate ${formatBytes(options.dirtyRate)}/s with --bandwidth ${formatBytes(options.bandwidth)}/s: the guest would write ${firstRoundWrites.toExponential(2)} pages while ` +
+          `the first round of ${formatBytes(options.guestMemory)} is sent; the simulator draws at most ${MAX_WRITES_PER_ROUND} writes a round (lower the dirty rate or raise the bandwidth)`,
+      );
+    }
     const workload = guestWorkload(kernel, {
       ranges, devices: options.devices.map((d) => d.name), pattern: PATTERNS[options.workload], seed: options.seed,
       dirtyRate: options.dirtyRate / Number(PAGE),
@@ -230,9 +271,11 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
       }
       predictedDowntimeMs = estimate.converges ? (estimate.expectedDowntimeMs ?? null) : null;
       // The guest runs while this round's pages go over the link.
-      const step = workload.advance(sendSeconds);
+      let newlyDirty = 0;
+      const stepSeconds = writesPerSecond > 0 ? WRITES_PER_STEP / writesPerSecond : sendSeconds;
+      for (let done = 0; done < sendSeconds; done += stepSeconds) newlyDirty += workload.advance(Math.min(stepSeconds, sendSeconds - done)).newlyDirty;
       deviceActivity(migratable, (options.dirtyRate * DEVICE_STATE_DIRTY_SHARE * sendSeconds), options.seed + index);
-      rate = sendSeconds > 0 ? (step.newlyDirty * Number(PAGE)) / sendSeconds : 0;
+      rate = sendSeconds > 0 ? (newlyDirty * Number(PAGE)) / sendSeconds : 0;
     }
     await sync.stop();
     const reason = converged

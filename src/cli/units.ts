@@ -35,9 +35,10 @@ export function parseDuration(option: string, text: string): number {
   return value;
 }
 
-export function parseCount(option: string, text: string, minimum = 1): number {
-  const value = Number(text);
+export function parseCount(option: string, text: string, minimum = 1, maximum = Number.MAX_SAFE_INTEGER, why = ''): number {
+  const value = /^\s*\d+\s*$/.test(text) ? Number(text) : Number.NaN;
   if (!Number.isSafeInteger(value) || value < minimum) throw new UsageError(`${option}: ${JSON.stringify(text)} must be a whole number of at least ${minimum}`);
+  if (value > maximum) throw new UsageError(`${option}: ${text} is more than ${maximum}${why ? `, ${why}` : ''}`);
   return value;
 }
 

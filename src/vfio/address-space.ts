@@ -112,10 +112,13 @@ export class AddressSpace {
   private iommufd: IommufdHandle | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
+  private closing: Promise<void> | undefined;
   readonly pageSize: bigint;
 
   constructor(readonly kernel: Kernel, private readonly options: AddressSpaceOptions = {}) {
+    if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options', 'must be an object');
     const pageSize = options.pageSize ?? kernel.systemPageSize ?? 4096n;
+    if (typeof pageSize !== 'bigint') throw new InvalidArgumentError('pageSize', `must be a bigint (4096n), got ${typeof pageSize} ${String(pageSize)}`);
     if (pageSize <= 0n || (pageSize & (pageSize - 1n)) !== 0n) throw new InvalidArgumentError('pageSize', `must be a power of two, got ${pageSize}`);
     this.pageSize = pageSize;
     if (options.iommufdHandle !== undefined && (typeof options.iommufdHandle !== 'object' || options.iommufdHandle.closed)) {
@@ -169,14 +172,17 @@ export class AddressSpace {
   }
 
   detach(device: Device | string): Promise<void> {
+    if (typeof device !== 'string' && !(device instanceof Device)) return Promise.reject(new InvalidArgumentError('device', 'must be a Device or the name of an attached device'));
     return this.serialize(() => this.detachNow(typeof device === 'string' ? this.device(device) : device));
   }
 
   map(request: MapRequest): Promise<Mapping> {
+    if (request === null || typeof request !== 'object') return Promise.reject(new InvalidArgumentError('map', 'must be an object { iova, size }'));
     return this.serialize(() => this.mapNow(request));
   }
 
   unmap(span: IovaSpan): Promise<readonly Mapping[]> {
+    if (span === null || typeof span !== 'object') return Promise.reject(new InvalidArgumentError('unmap', 'must be an object { iova, size }'));
     return this.serialize(() => this.unmapNow(span));
   }
 
@@ -193,9 +199,10 @@ export class AddressSpace {
     };
   }
 
-  /** Detaches every device, unmaps everything and closes the iommufd. */
+  /** Detaches every device, unmaps everything and closes the iommufd. A second close() does nothing. */
   close(): Promise<void> {
-    return this.serialize(async () => {
+    if (this.closing) return this.closing;
+    this.closing = this.serialize(async () => {
       for (const device of [...this.deviceList].reverse()) await this.detachNow(device);
       // Containers an earlier failed cleanup left behind.
       for (const container of [...this.containerList]) this.releaseUnused(container);
@@ -207,6 +214,11 @@ export class AddressSpace {
       this.iommufd = undefined;
       this.closed = true;
     });
+    // A failed close can be retried: the next call finishes what this one left.
+    this.closing.catch(() => {
+      if (!this.closed) this.closing = undefined;
+    });
+    return this.closing;
   }
 
   private serialize<T>(operation: () => Promise<T> | T): Promise<T> {

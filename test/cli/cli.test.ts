@@ -1,5 +1,6 @@
 // The command line as users run it: the compiled bin, its JSON documents and its errors.
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -76,6 +77,50 @@ describe('vfio-iommufd simulate', () => {
     const { status, stdout } = run('simulate', '--guest-memory', '2GiB', '--bandwidth', '1Gbit/s', '--dirty-rate', '10MiB/s', '--downtime', '1s', '--workers', '0', '--json');
     expect(status).toBe(0);
     expect(JSON.parse(stdout).summary.converged).toBe(true);
+  });
+});
+
+// Exit codes: 0 success, 1 a failed migration or check, 2 a usage error; errors are one line
+// on stderr, never a stack trace.
+describe('the CLI matrix: bad input is one line on stderr and exit code 2', () => {
+  for (const [args, message] of [
+    [['simulate', '--guest-memory', '16TiB', '--workers', '1'], /--guest-memory 16.00 TiB: too large for the dirty-page tracker: .*most allowed is 4294967295/],
+    [['simulate', '--guest-memory', '64TiB', '--workers', '1'], /--guest-memory 64.00 TiB: too large for the dirty-page tracker: .*limited to 4 GiB/],
+    [['simulate', '--guest-memory', '1PiB', '--workers', '1'], /--guest-memory 1.00 PiB: .*beyond the 48-bit address width of nic0's IOMMU/],
+    [['simulate', '--dirty-rate', '1000PiB/s', '--workers', '1'], /--dirty-rate 1000.00 PiB\/s with --bandwidth .*the simulator draws at most 134217728 writes a round/],
+    [['simulate', '--bandwidth', '1B/s', '--workers', '1'], /--bandwidth 1.00 B\/s: .*at most 134217728 writes a round/],
+    [['simulate', '--workers', '1000'], /--workers: 1000 is more than 256, the most worker threads the engine runs/],
+    [['simulate', '--workers', '1.5'], /--workers: "1.5" must be a whole number/],
+    [['simulate', '--bogus'], /^vfio-iommufd: unknown option '--bogus' \(see --help\)\n$/],
+    [['simulate', '--guest-memory'], /^vfio-iommufd: option '--guest-memory <size>' argument missing/],
+    [['teleport'], /^vfio-iommufd: unknown command 'teleport'/],
+    [['bench', 'teleport'], /^vfio-iommufd: unknown command 'teleport'/],
+    [['simulate', 'extra'], /^vfio-iommufd: too many arguments for 'simulate'/],
+  ] as const) {
+    it(`${args.join(' ')}`, () => {
+      const { status, stdout, stderr } = run(...args);
+      expect(stdout).toBe('');
+      expect(stderr).toMatch(message);
+      expect(stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(stderr).not.toMatch(/\n\s+at /);
+      expect(status).toBe(2);
+    });
+  }
+
+  it('--debug adds the stack to the one-line error', () => {
+    const { status, stderr } = run('simulate', '--workers', '1000', '--debug');
+    expect(status).toBe(2);
+    expect(stderr.split('\n')[0]).toBe('vfio-iommufd: --workers: 1000 is more than 256, the most worker threads the engine runs');
+    expect(stderr).toMatch(/\n\s+at /);
+  });
+
+  it('--version prints the package version and exits 0; --help exits 0', () => {
+    const version = run('--version');
+    expect(version.status).toBe(0);
+    expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version);
+    const help = run('simulate', '--help');
+    expect(help.status).toBe(0);
+    expect(help.stdout).toMatch(/--guest-memory <size>/);
   });
 });
 

@@ -23,6 +23,7 @@ import { SimulatedIommufd, SimulatedMockDevice, mockIommuDevice, type IommufdHos
 import type { KernelServices } from './services.js';
 import { resolveDeviceSpecs, type SimulatedDeviceModel, type SimulatedDeviceSpecInput } from './spec.js';
 import { SimulatedGroup, SimulatedLegacyContainer, type Type1Host } from './type1.js';
+import { z } from 'zod';
 
 export interface SimulatedKernelOptions {
   /** The devices this kernel has (see SimulatedDeviceSpec). */
@@ -38,6 +39,14 @@ export interface SimulatedKernelOptions {
 
 /** The most bytes a simulated memory with content holds (Node's typed array limit). */
 export const MAXIMUM_CONTENT_BYTES = 1n << 32n;
+
+const SimulatedKernelOptionsSpec = z
+  .object({
+    devices: z.array(z.unknown(), { error: 'must be an array of device specs' }).optional(),
+    iommufdTest: z.boolean().optional(),
+    hostPageSize: z.bigint({ error: 'must be a bigint (4096n, 2097152n or 1073741824n)' }).optional(),
+  })
+  .strict();
 
 /** What a simulated DMA write did. */
 export interface DmaResult {
@@ -104,6 +113,17 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
   private readonly faults = new FaultInjector();
 
   constructor(options: SimulatedKernelOptions = {}) {
+    // The options' shape; each device is checked in full by resolveDeviceSpecs. Strict: a
+    // misspelt option is an error rather than silently ignored.
+    const shape = SimulatedKernelOptionsSpec.safeParse(options);
+    if (!shape.success) {
+      const issue = shape.error.issues[0]!;
+      const keys = issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : '';
+      throw new InvalidArgumentError(
+        issue.path.length ? issue.path.join('.') : 'options',
+        keys ? `unknown option ${keys} (known: ${Object.keys(SimulatedKernelOptionsSpec.shape).join(', ')})` : issue.message,
+      );
+    }
     this.devices = resolveDeviceSpecs(options.devices ?? []);
     this.testOpsEnabled = options.iommufdTest ?? true;
     this.hostPageSize = options.hostPageSize ?? 4096n;
