@@ -113,6 +113,8 @@ export class AddressSpace {
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
   private closing: Promise<void> | undefined;
+  /** Memory the space owns whose munmap failed (ENOMEM): given back again by close(). */
+  private readonly unreleased = new Set<HostMemory>();
   readonly pageSize: bigint;
 
   constructor(readonly kernel: Kernel, private readonly options: AddressSpaceOptions = {}) {
@@ -208,7 +210,13 @@ export class AddressSpace {
       for (const container of [...this.containerList]) this.releaseUnused(container);
       for (const mapping of [...this.mappingList]) {
         this.mappingList.splice(this.mappingList.indexOf(mapping), 1);
-        if (mapping.ownsMemory) mapping.memory.release();
+        if (mapping.ownsMemory) this.releaseOwned(mapping.memory);
+      }
+      // Memory whose munmap failed before: once more, and a close() that still cannot give
+      // it back fails (and can be called again) rather than forget it.
+      for (const memory of [...this.unreleased]) {
+        memory.release();
+        this.unreleased.delete(memory);
       }
       if (this.iommufd !== this.options.iommufdHandle) this.iommufd?.close();
       this.iommufd = undefined;
@@ -219,6 +227,20 @@ export class AddressSpace {
       if (!this.closed) this.closing = undefined;
     });
     return this.closing;
+  }
+
+  /**
+   * Gives back memory the space allocated. The unmap it follows is done in the kernel, so a
+   * failing munmap (ENOMEM: the kernel could not split or free the VMA) must not undo it nor
+   * lose the memory: it is kept and given back by close().
+   */
+  private releaseOwned(memory: HostMemory): void {
+    try {
+      memory.release();
+    } catch (error) {
+      if (!isKernelError(error)) throw error;
+      this.unreleased.add(memory);
+    }
   }
 
   private serialize<T>(operation: () => Promise<T> | T): Promise<T> {
@@ -596,7 +618,7 @@ export class AddressSpace {
     }
     for (const mapping of removed) {
       this.mappingList.splice(this.mappingList.indexOf(mapping), 1);
-      if (mapping.ownsMemory) mapping.memory.release();
+      if (mapping.ownsMemory) this.releaseOwned(mapping.memory);
     }
     for (const observer of entered) await observer.afterUnmap?.(span, removed, bitmaps);
     return removed;

@@ -144,49 +144,55 @@ async function runPath(path: CallPath): Promise<PathResult> {
   for (let n = 1; ; n++) {
     expect(n, `${path.name}: more than ${MAX_POINTS} fault sites`).toBeLessThan(MAX_POINTS);
     const context = await path.setup();
-    const fdsBefore = openFds();
-    const idsBefore = nextIds(context.iommufd);
-    let outcome: { value?: unknown; error?: unknown };
-    // One stretch: arm, call, read back. The call's awaits settle without I/O.
-    arm(n);
     try {
-      outcome = { value: await path.run(context) };
-    } catch (error) {
-      outcome = { error };
-    }
-    const injected = disarm();
-    if (!injected) {
-      expect(outcome.error, `${path.name}: unfailed run`).toBeUndefined();
-      closeResult(outcome.value);
+      const fdsBefore = openFds();
+      const idsBefore = nextIds(context.iommufd);
+      let outcome: { value?: unknown; error?: unknown };
+      // One stretch: arm, call, read back. The call's awaits settle without I/O.
+      arm(n);
+      try {
+        outcome = { value: await path.run(context) };
+      } catch (error) {
+        outcome = { error };
+      }
+      const injected = disarm();
+      if (!injected) {
+        expect(outcome.error, `${path.name}: unfailed run`).toBeUndefined();
+        closeResult(outcome.value);
+        await finish(context);
+        return { name: path.name, backend: path.backend, injectionPoints: n - 1, survived, errors, leaked };
+      }
+      if (outcome.error === undefined) {
+        survived++;
+        closeResult(outcome.value);
+      } else {
+        const error = outcome.error;
+        const key = error instanceof KernelError ? `${error.ioctl} ${error.code}` : (error as Error)?.name ?? String(error);
+        errors[key] = (errors[key] ?? 0) + 1;
+        expect(isTyped(error), `${path.name} #${n}: a typed error, got ${String((error as Error)?.stack ?? error)}`).toBe(true);
+        if (!path.partial) {
+          const fdsAfter = openFds();
+          const idsAfter = nextIds(context.iommufd);
+          const clean = JSON.stringify(fdsAfter) === JSON.stringify(fdsBefore) && JSON.stringify(idsAfter) === JSON.stringify(idsBefore);
+          if (!clean) leaked++;
+          expect(fdsAfter, `${path.name} #${n} (${key}): no fd left`).toEqual(fdsBefore);
+          expect(idsAfter, `${path.name} #${n} (${key}): no iommufd object left`).toEqual(idsBefore);
+        }
+        // The same call then works.
+        closeResult(await path.run(context));
+        if (path.partial && context.iommufd) {
+          // Closed: the space left no object in the iommufd it was given.
+          const ids = nextIds(context.iommufd);
+          if (JSON.stringify(ids) !== JSON.stringify(context.values.freshIds)) leaked++;
+          expect(ids, `${path.name} #${n} (${key}): close finished by the retry leaves no object`).toEqual(context.values.freshIds);
+        }
+      }
       await finish(context);
-      return { name: path.name, backend: path.backend, injectionPoints: n - 1, survived, errors, leaked };
+    } catch (error) {
+      // A failed check must not leave this path's devices open for the next path.
+      await path.teardown(context).catch(() => undefined);
+      throw error;
     }
-    if (outcome.error === undefined) {
-      survived++;
-      closeResult(outcome.value);
-    } else {
-      const error = outcome.error;
-      const key = error instanceof KernelError ? `${error.ioctl} ${error.code}` : (error as Error)?.name ?? String(error);
-      errors[key] = (errors[key] ?? 0) + 1;
-      expect(isTyped(error), `${path.name} #${n}: a typed error, got ${String((error as Error)?.stack ?? error)}`).toBe(true);
-      if (!path.partial) {
-        const fdsAfter = openFds();
-        const idsAfter = nextIds(context.iommufd);
-        const clean = JSON.stringify(fdsAfter) === JSON.stringify(fdsBefore) && JSON.stringify(idsAfter) === JSON.stringify(idsBefore);
-        if (!clean) leaked++;
-        expect(fdsAfter, `${path.name} #${n} (${key}): no fd left`).toEqual(fdsBefore);
-        expect(idsAfter, `${path.name} #${n} (${key}): no iommufd object left`).toEqual(idsBefore);
-      }
-      // The same call then works.
-      closeResult(await path.run(context));
-      if (path.partial && context.iommufd) {
-        // Closed: the space left no object in the iommufd it was given.
-        const ids = nextIds(context.iommufd);
-        if (JSON.stringify(ids) !== JSON.stringify(context.values.freshIds)) leaked++;
-        expect(ids, `${path.name} #${n} (${key}): close finished by the retry leaves no object`).toEqual(context.values.freshIds);
-      }
-    }
-    await finish(context);
   }
 }
 

@@ -2,7 +2,7 @@
 // refused attach (QEMU's iommufd_cdev_attach tries the next container whatever the errno),
 // the page size defaults to the host's, and mappings respect the IOAS's IOVA alignment.
 import { describe, expect, it } from 'vitest';
-import { InvalidArgumentError } from '../../src/kernel/errors.js';
+import { InvalidArgumentError, KernelError } from '../../src/kernel/errors.js';
 import { simulatedKernel } from '../../src/kernel/sim/index.js';
 import type { Kernel } from '../../src/kernel/types.js';
 import { AddressSpace } from '../../src/vfio/address-space.js';
@@ -69,5 +69,35 @@ describe('vIOMMU compatibility of an attached device', () => {
     expect(device.viommuCompatibility({ addressWidth: 39 })).toEqual({ supported: true, reasons: [], hostAddressWidth: 40 });
     expect(device.viommuCompatibility({ addressWidth: 48 })).toEqual({ supported: false, reasons: ['aw-bits 48 > host aw-bits 40 (the usable IOVA ranges)'], hostAddressWidth: 40 });
     await space.close();
+  });
+});
+
+describe('memory the space gives back', () => {
+  it('an unmap done in the kernel stays done when munmap fails; close() gives the memory back', async () => {
+    const kernel = simulatedKernel({ devices: [{ name: 'a' }] });
+    let failures = 1;
+    const failingOnce = Object.create(kernel, {
+      allocateHostMemory: {
+        value: (length: bigint) => {
+          const memory = kernel.allocateHostMemory(length);
+          const release = memory.release.bind(memory);
+          return Object.assign(Object.create(Object.getPrototypeOf(memory)), memory, {
+            release: () => {
+              if (failures-- > 0) throw new KernelError('munmap', 12, {}); // ENOMEM
+              release();
+            },
+          });
+        },
+      },
+    }) as Kernel;
+    const space = new AddressSpace(failingOnce);
+    await space.attach('a');
+    await space.map({ iova: 0n, size: 2n * MiB });
+    const removed = await space.unmap({ iova: 0n, size: 2n * MiB });
+    expect(removed).toHaveLength(1);
+    expect(space.mappings).toEqual([]);
+    expect(kernel.dmaWrite('a', 0x1000n, 0x1000n).faulted).toBe(0x1000n); // unmapped in the kernel
+    await space.close();
+    kernel.assertClean();
   });
 });
