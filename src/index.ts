@@ -46,3 +46,7 @@ export type { AllocateOptions } from './engine/index.js';
 export type { IoctlRecord } from './kernel/sim/index.js';
 export type { DmaLoggingModel, IommuModel, HwInfoModel, ReservedRegion } from './kernel/sim/spec.js';
 export { ERRNO, type ErrnoCode } from './kernel/errno.js';
+export type { PciHotResetInfo, PciDependentDevice, PrecopyInfo, MigrationDataHandle } from './kernel/types.js';
+export type { CompatibilityAnswer, ViommuRequirements } from './vfio/host-iommu-info.js';
+export type { Segment, Reservation } from './dirty/migration-bitmap.js';
+export type { MigrationCounters } from './migration/device-migration.js';
