@@ -15,6 +15,7 @@ import type { HostMemory } from '../kernel/types.js';
 import { DeviceMigration, DeviceMigrationSink, DeviceMigrationSource, Migration, MigrationTarget, type MigrationRound, type MigrationSummary } from '../migration/index.js';
 import { AddressSpace } from '../vfio/address-space.js';
 import { printJson, progress, table } from './output.js';
+import { addReportOption, reportPath, writeReport, type ReportPage } from './report.js';
 import { deviceSpec, guestRanges, parseDeviceOption, WORKLOADS, type SimulatedDeviceOption, type WorkloadName } from './simulation.js';
 import { formatBytes, parseCount, parseDuration, parseRate, parseSize, UsageError } from './units.js';
 
@@ -35,6 +36,7 @@ interface MigrateFlags {
   listen?: string;
   connect?: string;
   json?: boolean;
+  report?: string;
 }
 
 /** The most guest memory `migrate` takes: both sides hold it, and the check reads it back. */
@@ -217,6 +219,49 @@ function listen(address: { host: string; port: number }): Promise<Server> {
   });
 }
 
+/** The --report page: pages sent by round, and the downtime each round predicted against the one measured. */
+export function migratePage(result: MigrateResult, options: readonly string[]): ReportPage {
+  const s = result.summary;
+  const rounds = result.rounds.map((r) => ({ round: r.round, kind: r.kind, dirtyPages: r.dirtyPages, zeroPages: r.zeroPages, predictedDowntimeMs: Number.isFinite(r.predictedDowntimeMs) ? r.predictedDowntimeMs : null }));
+  return {
+    title: 'vfio-iommufd migrate',
+    summary: [
+      `guest ${formatBytes(result.guestBytes)}, ${result.devices.map((d) => `${d.name} (${d.tracker})`).join(', ')}, over TCP`,
+      s.converged ? `converged after ${s.rounds} rounds` : `did not converge: ${s.reason}`,
+      `downtime ${s.downtimeMs.toFixed(1)} ms measured, ${s.predictedDowntimeMs === null ? '-' : `${s.predictedDowntimeMs.toFixed(1)} ms`} predicted`,
+      `verified: ${s.verified ? 'yes' : 'NO'} (${formatBytes(s.ramBytesCompared)} compared byte for byte, ${s.mismatchedPages} mismatched pages)`,
+      `stream ${formatBytes(s.throughputBytesPerSecond)}/s; loopback raw ${s.loopbackRawBytesPerSecond === null ? '-' : `${formatBytes(s.loopbackRawBytesPerSecond)}/s`}`,
+      `options: ${options.join(' ') || '(defaults)'}`,
+    ],
+    charts: [
+      {
+        id: 'dirty-pages', title: 'Pages sent by round', caption: 'Dirty pages each round handed over, and how many of them were zero pages (sent without data); log scale.',
+        spec: {
+          width: 720, height: 260,
+          data: { values: rounds.flatMap((r) => [{ round: r.round, pages: r.dirtyPages, series: 'dirty (sent)' }, { round: r.round, pages: r.zeroPages, series: 'zero pages' }]).filter((p) => p.pages > 0) },
+          mark: { type: 'line', point: true },
+          encoding: {
+            x: { field: 'round', type: 'ordinal', title: 'round' },
+            y: { field: 'pages', type: 'quantitative', scale: { type: 'log' }, title: 'pages (4 KiB)' },
+            color: { field: 'series', type: 'nominal', title: null },
+          },
+        },
+      },
+      {
+        id: 'downtime', title: 'Predicted downtime by round, and the measured one', caption: `The downtime each round predicted for a switchover after it; the rule is the downtime measured at the switchover (${s.downtimeMs.toFixed(1)} ms).`,
+        spec: {
+          width: 720, height: 260,
+          layer: [
+            { data: { values: rounds.filter((r) => r.predictedDowntimeMs !== null) }, mark: { type: 'bar' }, encoding: { x: { field: 'round', type: 'ordinal', title: 'round' }, y: { field: 'predictedDowntimeMs', type: 'quantitative', title: 'downtime (ms)' }, color: { field: 'kind', type: 'nominal', title: null } } },
+            { data: { values: [{ measured: s.downtimeMs }] }, mark: { type: 'rule', color: 'black', strokeDash: [4, 3] }, encoding: { y: { field: 'measured', type: 'quantitative' } } },
+          ],
+        },
+      },
+    ],
+    document: result,
+  };
+}
+
 function render(result: MigrateResult): string {
   const lines: string[] = [];
   const s = result.summary;
@@ -236,8 +281,8 @@ function render(result: MigrateResult): string {
 }
 
 export function registerMigrate(program: Command): void {
-  program
-    .command('migrate')
+  addReportOption(program
+    .command('migrate'))
     .description('live-migrate a simulated guest (real memory content) to a destination process over TCP and check the destination byte for byte')
     .option('--guest-memory <size>', `guest memory (at most a quarter of this machine's memory: ${formatBytes(guestMemoryLimit())})`, '1GiB')
     .option('--device <name:spec>', `a device, repeatable; spec words joined by +: iommu-dirty, dma-logging, mdev, legacy, migration (VFIO migration v2 state, moved with the RAM) (default: ${DEFAULT_DEVICES.join(' ')}); give the destination the same devices`, (value: string, all: string[]) => [...all, value], [] as string[])
@@ -252,6 +297,7 @@ export function registerMigrate(program: Command): void {
     .option('--connect <host:port>', 'be the source: migrate to the destination at this address')
     .option('--json', 'print one JSON document')
     .action(async (flags: MigrateFlags) => {
+      const reportFile = reportPath(flags.report);
       const guestMemory = parseSize('--guest-memory', flags.guestMemory);
       if (guestMemory % (2n << 20n) !== 0n) throw new UsageError('--guest-memory must be a multiple of 2MiB');
       const limit = guestMemoryLimit();
@@ -312,6 +358,7 @@ export function registerMigrate(program: Command): void {
         guestBytes: outcome.guestBytes, devices: outcome.devices, rounds: outcome.rounds,
         summary: { ...outcome.summary, transport: 'tcp', loopbackRawBytesPerSecond: raw, workloadPagesWritten: outcome.workloadPagesWritten },
       };
+      if (reportFile) await writeReport(reportFile, migratePage(result, process.argv.slice(3)));
       if (flags.json) printJson(result);
       else process.stdout.write(`${render(result)}\n`);
       if (!result.summary.verified) process.exitCode = 1;

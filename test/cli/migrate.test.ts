@@ -50,6 +50,19 @@ it('migrate --listen and --connect run the two sides as separate processes', asy
   expect(code).toBe(0);
 }, 120_000);
 
+it('migrate --report writes a self-contained page with its two charts drawn as SVG', async () => {
+  const { mkdtempSync, readFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const file = join(mkdtempSync(join(tmpdir(), 'migrate-report-')), 'migrate.html');
+  await run('node', [cli, 'migrate', '--guest-memory', '32MiB', '--report', file], { cwd: root });
+  const page = readFileSync(file, 'utf8');
+  expect(page.match(/<section class="chart"/g)).toHaveLength(2);
+  expect(page.match(/<svg[^>]*>/g)).toHaveLength(2);
+  // Marks drawn: the line and the bars are paths in the SVG.
+  expect((page.match(/<path/g) ?? []).length).toBeGreaterThan(4);
+  expect(page).not.toMatch(/<script src|https?:\/\/(?!www\.w3\.org)/);
+}, 120_000);
+
 it('migrate refuses a guest larger than it can hold, with exit 2 and the limit named', async () => {
   const error = await run('node', [cli, 'migrate', '--guest-memory', '64TiB'], { cwd: root }).catch((e: { code: number; stderr: string }) => e);
   expect(error).toMatchObject({ code: 2 });
