@@ -2,14 +2,17 @@
 import type { DeviceMigration } from './device-migration.js';
 import type { DeviceStateSink, DeviceStateSource } from './migration.js';
 
-/** The source side of one device: PRE_COPY from the first precopy call, then QEMU's switchover. */
+/**
+ * The source side of one device: PRE_COPY from the first precopy call, then QEMU's switchover.
+ * `name` is the device's name in the stream (its role in the guest, as QEMU's device id): both
+ * sides must give the same one. It defaults to the host's device name.
+ */
 export class DeviceMigrationSource implements DeviceStateSource {
   private started = false;
+  readonly name: string;
 
-  constructor(readonly device: DeviceMigration) {}
-
-  get name(): string {
-    return this.device.name;
+  constructor(readonly device: DeviceMigration, name?: string) {
+    this.name = name ?? device.name;
   }
 
   async pendingBytes(): Promise<number> {
@@ -49,10 +52,11 @@ export class DeviceMigrationSink implements DeviceStateSink {
   private failure: Error | undefined;
   private loading: Promise<void> | undefined;
 
-  constructor(readonly device: DeviceMigration) {}
+  readonly name: string;
 
-  get name(): string {
-    return this.device.name;
+  /** `name`: the device's name in the stream, as the source gives it (default: the host's device name). */
+  constructor(readonly device: DeviceMigration, name?: string) {
+    this.name = name ?? device.name;
   }
 
   async begin(): Promise<void> {

@@ -50,7 +50,7 @@ describe.runIf(onVirtioIommu && hasMtty)('live migration over TCP on the real ke
       let dmas = 0;
       const device = new DeviceMigration(source.handle);
       const migration = new Migration(sync, {
-        stream: socket, memories: [memory], devices: [new DeviceMigrationSource(device)], downtimeLimitMs: 10_000, maxRounds: 4,
+        stream: socket, memories: [memory], devices: [new DeviceMigrationSource(device, 'serial0')], downtimeLimitMs: 10_000, maxRounds: 4,
         stopGuest: () => undefined, resumeGuest: () => undefined,
         // While precopy runs, edu copies RAM into RAM by DMA (through its buffer), into the zero half.
         guestRan: async () => {

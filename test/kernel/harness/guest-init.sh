@@ -48,6 +48,8 @@ mount -t tmpfs -o size=${GUEST_TMP_SIZE:-512m} tmpfs /tmp
 i=0
 for p in "${keep[@]}"; do mkdir -p "$p"; mount --bind /run/keep/$i "$p"; i=$((i + 1)); done
 mkdir -p /dev/shm /tmp/home && mount -t tmpfs tmpfs /dev/shm
+# The loopback interface: tests migrate between two processes over 127.0.0.1 (no other network).
+ip link set lo up 2>/dev/null || echo "[guest $(up)s] could not bring lo up (no ip?)" >/dev/console
 # the iommufd selftest maps MAP_HUGETLB buffers (up to 2 x 128 MiB in the dirty-tracking tests)
 echo "${GUEST_HUGEPAGES:-160}" >/proc/sys/vm/nr_hugepages
 export PATH="$(dirname "$VFIO_IOMMUFD_NODE"):$PATH"

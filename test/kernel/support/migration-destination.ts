@@ -24,7 +24,7 @@ try {
   const [socket] = (await once(server, 'connection')) as [Socket];
   server.close();
   const migration = new DeviceMigration(device.handle);
-  const summary = await new MigrationTarget({ stream: socket, memories: [memory], pageSize: 4096, devices: [new DeviceMigrationSink(migration)] }).run();
+  const summary = await new MigrationTarget({ stream: socket, memories: [memory], pageSize: 4096, devices: [new DeviceMigrationSink(migration, 'serial0')] }).run();
   const state = mttyMigration.readState(device.handle);
   const sha256 = createHash('sha256').update(memory.bytes!).digest('hex');
   process.stdout.write(`${JSON.stringify({ state, sha256, rounds: summary.rounds, deviceStateBytes: summary.deviceStateBytes, migrationState: migration.state })}\n`);
