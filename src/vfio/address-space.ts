@@ -282,18 +282,32 @@ export class AddressSpace {
       return undo.unwind(error);
     }
     // Observers (a running DirtySync) start tracking the device, or refuse it: then it is undone.
-    const told: MappingObserver[] = [];
     try {
-      for (const observer of this.observers) {
-        await observer.afterAttach?.(device);
-        told.push(observer);
-      }
+      await this.tellObservers((o) => o.afterAttach?.(device), (o) => o.attachAborted?.(device));
     } catch (error) {
-      for (const observer of told.reverse()) await observer.attachAborted?.(device);
       return undo.unwind(error);
     }
     undo.commit();
     return device;
+  }
+
+  /**
+   * Calls `hook` on each observer in turn. If one throws, `aborted` goes to those that returned,
+   * newest first, and the error is rethrown. Returns the observers that returned, in order: the
+   * ones the rest of the operation talks to.
+   */
+  private async tellObservers(hook: (o: MappingObserver) => unknown, aborted: (o: MappingObserver) => unknown): Promise<MappingObserver[]> {
+    const told: MappingObserver[] = [];
+    try {
+      for (const observer of this.observers) {
+        await hook(observer);
+        told.push(observer);
+      }
+    } catch (error) {
+      for (const observer of [...told].reverse()) await aborted(observer);
+      throw error;
+    }
+    return told;
   }
 
   private chooseBackend(found: DeviceLocation, choice: IommufdChoice): DeviceBackend {
@@ -464,16 +478,7 @@ export class AddressSpace {
 
   private async detachNow(device: Device): Promise<void> {
     if (!this.deviceList.includes(device)) throw new InvalidArgumentError('device', `${device.name} is not attached to this address space`);
-    const entered: MappingObserver[] = [];
-    try {
-      for (const observer of this.observers) {
-        await observer.beforeDetach?.(device);
-        entered.push(observer);
-      }
-    } catch (error) {
-      for (const observer of entered.reverse()) await observer.detachAborted?.(device);
-      throw error;
-    }
+    const entered = await this.tellObservers((o) => o.beforeDetach?.(device), (o) => o.detachAborted?.(device));
     const leaving = () => {
       for (const observer of entered) observer.deviceLeaving?.(device);
     };
@@ -556,12 +561,14 @@ export class AddressSpace {
     if (mapping.ownsMemory) undo.push('release memory', () => memory.release());
     // Observers reserve what tracking the mapping needs before the kernel maps it, so a map is
     // either tracked or refused, never live and untracked.
-    const entered: MappingObserver[] = [];
+    let entered: MappingObserver[];
     try {
-      for (const observer of this.observers) {
-        await observer.beforeMap?.(mapping);
-        entered.push(observer);
-      }
+      entered = await this.tellObservers((o) => o.beforeMap?.(mapping), (o) => o.mapAborted?.(mapping));
+    } catch (error) {
+      undo.unwindTo(0);
+      throw error;
+    }
+    try {
       undo.run(() => {
         for (const container of this.containerList) {
           container.map(mapping);
@@ -569,8 +576,8 @@ export class AddressSpace {
         }
       });
     } catch (error) {
-      for (const observer of entered.reverse()) await observer.mapAborted?.(mapping);
-      undo.unwindTo(0);
+      // undo.run has unmapped and released what it did.
+      for (const observer of [...entered].reverse()) await observer.mapAborted?.(mapping);
       throw error;
     }
     const index = this.mappingList.findIndex((m) => m.iova > span.iova);
@@ -588,16 +595,7 @@ export class AddressSpace {
     }
     const removed = this.mappingList.filter((m) => m.iova >= span.iova && m.iova + m.size <= end);
     if (removed.length === 0) throw new InvalidArgumentError('unmap', `nothing is mapped in 0x${span.iova.toString(16)}+0x${span.size.toString(16)}`);
-    const entered: MappingObserver[] = [];
-    try {
-      for (const observer of this.observers) {
-        await observer.beforeUnmap?.(span, removed);
-        entered.push(observer);
-      }
-    } catch (error) {
-      for (const observer of entered.reverse()) await observer.unmapAborted?.(span, removed, new Map());
-      throw error;
-    }
+    const entered = await this.tellObservers((o) => o.beforeUnmap?.(span, removed), (o) => o.unmapAborted?.(span, removed, new Map()));
     const bitmaps = new Map<LegacyContainer, UnmapBitmap>();
     const undo = new UndoStack();
     try {
