@@ -151,7 +151,6 @@ export class Migration {
     const devices = this.options.devices ?? [];
     let step = 'the handshake';
     let guestStopped = false;
-    let quiesced = false;
     try {
       const header: StreamHeader = {
         versionMajor: VERSION_MAJOR, versionMinor: VERSION_MINOR, pageSize: this.pageSize,
@@ -176,12 +175,7 @@ export class Migration {
         const last = index + 1 >= this.options.maxRounds;
         const t0 = performance.now();
         const bytes0 = this.writer.bytes;
-        const sent = await this.sendRound(index);
-        let deviceBytes = 0;
-        for (const [d, device] of devices.entries()) {
-          for await (const chunk of device.precopy()) deviceBytes += await this.sendDeviceState(d, DevicePhase.PRECOPY, chunk);
-        }
-        await this.writer.write(encodeRecord(RecordType.END_ROUND, u32s(index, sent.pages)));
+        const { sent, deviceBytes } = await this.sendRound(index, DevicePhase.PRECOPY, (device) => device.precopy());
         const seconds = (performance.now() - t0) / 1000;
         const streamBytes = this.writer.bytes - bytes0;
         throughput = seconds > 0 ? streamBytes / seconds : throughput;
@@ -217,15 +211,9 @@ export class Migration {
       await this.options.stopGuest();
       guestStopped = true;
       for (const device of devices) await device.quiesce();
-      quiesced = true;
       const t0 = performance.now();
       const bytes0 = this.writer.bytes;
-      const final = await this.sendRound(rounds);
-      let deviceBytes = 0;
-      for (const [d, device] of devices.entries()) {
-        for await (const chunk of device.stopCopy()) deviceBytes += await this.sendDeviceState(d, DevicePhase.STOP_COPY, chunk);
-      }
-      await this.writer.write(encodeRecord(RecordType.END_ROUND, u32s(rounds, final.pages)));
+      const { sent: final, deviceBytes } = await this.sendRound(rounds, DevicePhase.STOP_COPY, (device) => device.stopCopy());
       rounds++;
       await this.writer.write(encodeRecord(RecordType.END, u32s(rounds)));
       totals = { ram: totals.ram + final.ramBytes, zero: totals.zero + final.zeroPages, device: totals.device + deviceBytes };
@@ -253,7 +241,7 @@ export class Migration {
       };
     } catch (error) {
       // Leave the source running with its devices back in RUNNING, and say why.
-      if (quiesced || guestStopped || devices.length) for (const device of devices) await device.resume().catch(() => undefined);
+      for (const device of devices) await device.resume().catch(() => undefined);
       if (guestStopped) await Promise.resolve(this.options.resumeGuest()).catch(() => undefined);
       this.options.stream.destroy();
       if (error instanceof MigrationRefusedError) throw error;
@@ -265,8 +253,21 @@ export class Migration {
     return this.options.memories.reduce((n, m) => n + Number(m.length), 0);
   }
 
+  /** One round on the stream: its RAM, then each device's chunks of `phase`, then END_ROUND. */
+  private async sendRound(
+    index: number, phase: number, chunksOf: (device: DeviceStateSource) => AsyncIterable<Uint8Array>,
+  ): Promise<{ sent: { pages: number; zeroPages: number; ramBytes: number }; deviceBytes: number }> {
+    const sent = await this.sendRam();
+    let deviceBytes = 0;
+    for (const [d, device] of (this.options.devices ?? []).entries()) {
+      for await (const chunk of chunksOf(device)) deviceBytes += await this.sendDeviceState(d, phase, chunk);
+    }
+    await this.writer.write(encodeRecord(RecordType.END_ROUND, u32s(index, sent.pages)));
+    return { sent, deviceBytes };
+  }
+
   /** One sync round: the dirty runs go onto the stream as RAM records (zero runs without data). */
-  private async sendRound(_index: number): Promise<{ pages: number; zeroPages: number; ramBytes: number }> {
+  private async sendRam(): Promise<{ pages: number; zeroPages: number; ramBytes: number }> {
     const runs: { region: number; offset: bigint; length: bigint }[] = [];
     const round = await this.sync.round({
       onRuns: (chunk, count, base) => {
