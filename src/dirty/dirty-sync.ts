@@ -8,7 +8,7 @@ import { IommufdContainer } from '../vfio/iommufd-container.js';
 import { LegacyContainer } from '../vfio/legacy-container.js';
 import { MigrationBitmap, type BitmapPlacement, type DirtyRange, type MemoryRegion, type Reservation } from './migration-bitmap.js';
 import {
-  DeviceLoggingTracker, IommuTracker, Type1Tracker, loggingWindow,
+  DeviceLoggingTracker, IommuTracker, Type1Tracker, loggingWindow, scratch,
   type QueryFailure, type ScratchMerge, type Tracker, type TrackerContext,
 } from './trackers.js';
 
@@ -433,7 +433,6 @@ export class DirtySync {
             }
           }
         }
-        merge.buffer.free();
       }
     } finally {
       for (const merge of merges) merge.buffer.free();
@@ -620,8 +619,7 @@ export class DirtySync {
         if (!this.running || !this.trackers.some((t) => t instanceof Type1Tracker && t.container === container)) return undefined;
         const pageSize = container.minimumPageSize;
         const pages = Number((span.size + pageSize - 1n) / pageSize);
-        const buffer = this.engine!.arena.allocate(Math.max(8, Math.ceil(pages / 64) * 8), 64);
-        buffer.bytes().fill(0);
+        const buffer = scratch(this.engine!, pages);
         type1Scratch.set(container, { buffer, span, pageSize });
         return { pageSize, bitmap: buffer.bytes() };
       },

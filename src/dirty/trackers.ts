@@ -45,7 +45,8 @@ export interface TrackerContext {
 /** The most ranges DMA_LOGGING_START takes: LOG_MAX_RANGES in drivers/vfio/vfio_main.c, PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range) on 4 KiB pages. */
 export const DMA_LOGGING_MAX_RANGES = 256;
 
-function scratch(engine: Engine, bits: number): ArenaBuffer {
+/** A zeroed buffer of whole u64 words for `bits` bits: what a kernel writes a source's bitmap into. */
+export function scratch(engine: Engine, bits: number): ArenaBuffer {
   const buffer = engine.arena.allocate(Math.max(8, Math.ceil(bits / 64) * 8), 64);
   buffer.bytes().fill(0);
   return buffer;
