@@ -5,6 +5,8 @@
 // aliases, adjacent small mappings under a 64 KiB logging page, hot-plug, hot-unplug, refused
 // and failed maps, failed queries, worker faults that kill a worker mid-task) and inside the
 // consumer's callback. `npm run soak -- --rounds N [--seed S]`.
+// Diagnosis: SOAK_DEBUG=1 lists the lost pages with what owed them; SOAK_TRACE=SEED logs that
+// seed's events and rounds. Their strings are built only when asked for.
 import { pathToFileURL } from 'node:url';
 import { Command, InvalidArgumentError as CommanderArgumentError } from 'commander';
 import { DirtySync, MigrationBlockedError } from '../dirty/index.js';
@@ -49,6 +51,10 @@ export interface SoakResult {
   reportedCounted: number;
   seeds: number;
 }
+
+/** Read once: the soak's loops test these flags, never the environment. */
+const DEBUG = Boolean(process.env.SOAK_DEBUG);
+const TRACE_SEED = process.env.SOAK_TRACE;
 
 const KiB = 1024n;
 const MiB = 1024n * KiB;
@@ -107,7 +113,7 @@ class Truth {
   note = '';
 
   add(memory: HostMemory, offset: bigint, length: bigint, event: number): void {
-    if (process.env.SOAK_DEBUG) this.why.set(`${memory.address.toString(16)}:${offset / this.pageSize}`, `${this.note} event ${event}`);
+    if (DEBUG) this.why.set(`${memory.address.toString(16)}:${offset / this.pageSize}`, `${this.note} event ${event}`);
     let pages = this.pending.get(memory);
     if (!pages) this.pending.set(memory, (pages = new Map()));
     const first = Number(offset / this.pageSize);
@@ -151,8 +157,9 @@ async function soakSeed(seed: number, rounds: number, engine: Engine, faults: bo
   /** Memory the migration has seen: mapping it again owes nothing new. */
   const known = new Set<HostMemory>();
   let event = 0;
-  const trace = (what: string) => {
-    if (process.env.SOAK_TRACE === String(seed)) console.error(`[${seed}] event ${event}: ${what}`);
+  const tracing = TRACE_SEED === String(seed);
+  const trace = (what: () => string) => {
+    if (tracing) console.error(`[${seed}] event ${event}: ${what()}`);
   };
   const tick = () => {
     event++;
@@ -177,7 +184,7 @@ async function soakSeed(seed: number, rounds: number, engine: Engine, faults: bo
     }
     live.push({ iova, size, ...m });
     // Memory never seen by the migration is owed whole (never sent); memory already known owes nothing new.
-    truth.note = `new map ${iova.toString(16)}+${size.toString(16)}`;
+    if (DEBUG) truth.note = `new map ${iova.toString(16)}+${size.toString(16)}`;
     if (tracked && !known.has(m.memory)) truth.add(m.memory, 0n, m.memory.length, event);
     known.add(m.memory);
   };
@@ -201,7 +208,7 @@ async function soakSeed(seed: number, rounds: number, engine: Engine, faults: bo
     const m = live[below(live.length)]!;
     const offset = BigInt(below(Number(m.size / WRITE))) * WRITE;
     const result = kernel.dmaWrite(device, m.iova + offset, WRITE);
-    truth.note = `write ${device} iova ${(m.iova + offset).toString(16)} map ${m.iova.toString(16)}+${m.size.toString(16)}`;
+    if (DEBUG) truth.note = `write ${device} iova ${(m.iova + offset).toString(16)} map ${m.iova.toString(16)}+${m.size.toString(16)}`;
     if (result.written === WRITE) truth.add(m.memory, m.memoryOffset + offset, WRITE, event);
     totals.writes++;
   };
@@ -265,7 +272,7 @@ async function soakSeed(seed: number, rounds: number, engine: Engine, faults: bo
     writeSome(below(12));
     const result = await handOver(false);
     if (result) {
-      trace(`round ${round}: ${result.dirtyPages} pages, failures ${result.failures.map((f) => `${f.tracker} ${f.iova.toString(16)}+${f.length.toString(16)} ${f.error.message}`).join('; ')}`);
+      trace(() => `round ${round}: ${result.dirtyPages} pages, failures ${result.failures.map((f) => `${f.tracker} ${f.iova.toString(16)}+${f.length.toString(16)} ${f.error.message}`).join('; ')}`);
       totals.failedQueries += result.failures.length > 0 ? 1 : 0;
     }
     // Between the round and the send: the guest and its devices go on.
@@ -273,7 +280,7 @@ async function soakSeed(seed: number, rounds: number, engine: Engine, faults: bo
     for (let e = 0; e < events; e++) {
       tick();
       const what = below(100);
-      trace(`kind ${what} live ${live.map((m) => `${m.iova.toString(16)}+${m.size.toString(16)}@${m.memory.address.toString(16)}:${m.memoryOffset.toString(16)}`).join(' ')} attached ${[...attached].join(',')}`);
+      trace(() => `kind ${what} live ${live.map((m) => `${m.iova.toString(16)}+${m.size.toString(16)}@${m.memory.address.toString(16)}:${m.memoryOffset.toString(16)}`).join(' ')} attached ${[...attached].join(',')}`);
       if (what < 35) {
         writeSome(1 + below(6));
       } else if (what < 50) {
@@ -392,7 +399,7 @@ async function soakSeed(seed: number, rounds: number, engine: Engine, faults: bo
   tick();
   await handOver(true);
   totals.lost += truth.size;
-  if (process.env.SOAK_DEBUG && truth.size) console.error(`seed ${seed} page ${pageSize}:\n${truth.lostList().slice(0, 15).join('\n')}`);
+  if (DEBUG && truth.size) console.error(`seed ${seed} page ${pageSize}:\n${truth.lostList().slice(0, 15).join('\n')}`);
   await sync.stop();
   await space.close();
   for (const m of live) if (m.own) m.memory.release();
