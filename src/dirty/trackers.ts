@@ -6,6 +6,7 @@
 import type { ArenaBuffer, Engine } from '../engine/index.js';
 import { isKernelError } from '../kernel/errors.js';
 import type { DmaLoggingRange, IovaRange } from '../kernel/types.js';
+import * as uapi from '../uapi/index.js';
 import type { Device, Hwpt } from '../vfio/device.js';
 import type { IommufdContainer } from '../vfio/iommufd-container.js';
 import type { LegacyContainer } from '../vfio/legacy-container.js';
@@ -42,8 +43,8 @@ export interface TrackerContext {
   failed(tracker: Tracker, placements: readonly BitmapPlacement[], error: Error): void;
 }
 
-/** The most ranges DMA_LOGGING_START takes: LOG_MAX_RANGES in drivers/vfio/vfio_main.c, PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range) on 4 KiB pages. */
-export const DMA_LOGGING_MAX_RANGES = 256;
+/** The most ranges DMA_LOGGING_START takes: LOG_MAX_RANGES in drivers/vfio/vfio_main.c, PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range) on 4 KiB pages (256). */
+export const DMA_LOGGING_MAX_RANGES = uapi.dmaLoggingMaxRanges(4096);
 
 /** A zeroed buffer of whole u64 words for `bits` bits: what a kernel writes a source's bitmap into. */
 export function scratch(engine: Engine, bits: number): ArenaBuffer {
