@@ -73,6 +73,7 @@ program
 const bench = program.command('bench').description('benchmarks that print figures and ratios against references measured in the same run');
 (await import('./bench-engine.js')).registerBenchEngine(bench);
 registerBenchSync(bench);
+(await import('./bench-crossover.js')).registerBenchCrossover(bench);
 
 async function main(): Promise<void> {
   try {

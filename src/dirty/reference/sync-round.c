@@ -3,6 +3,7 @@
 // read-and-clear straight into the migration bitmap (OR the dirty words in, zero them in the
 // kernel's state: HWPT dirty bitmaps and DMA logging reports only set bits, so the kernel's OR
 // is the merge); then scan the migration bitmap into runs in a reused chunk, counting its pages,
+// and clear what the runs covered (the hand-over),
 // word by word with the engine's algorithm.
 // Newly dirty pages are the count after less the count before.
 // Usage: sync-round PAGES DENSITY SOURCES ITERATIONS SEED -> one JSON line of medians.
@@ -86,10 +87,11 @@ int main(int argc, char **argv) {
     // previous word, starts are w & ~(w << 1 | c) and ends (one past) ~w & (w << 1 | c). The
     // chunk wraps as a consumer taking full chunks would see it; an end writes the length of
     // the oldest open run from the start already in its slot.
-    u64 n = 0, m = 0, carry = 0;
+    u64 n = 0, m = 0, carry = 0, first = UINT64_MAX;
     for (size_t i = 0; i < words; i++) {
       u64 w = migration[i];
       if ((w | carry) == 0) continue;
+      if (first == UINT64_MAX) first = i * 64 + (u64)__builtin_ctzll(w); // the first run's start
       u64 before = w << 1 | carry;
       u64 starts = w & ~before, ends = ~w & before;
       carry = w >> 63;
@@ -111,6 +113,19 @@ int main(int argc, char **argv) {
     }
     runs = m;
     newly = after - before;
+    // Hand-over, as the library's round does it: clear what the runs covered once they are
+    // taken (here, one span from the first run's start to the last run's end).
+    if (m > 0) {
+      u64 last = (u64)out[2 * ((m - 1) & (CHUNK - 1))] + out[2 * ((m - 1) & (CHUNK - 1)) + 1];
+      u64 w0 = first / 64, w1 = (last - 1) / 64;
+      u64 head = ~0ULL << (first % 64), tail = ~0ULL >> (63 - (last - 1) % 64);
+      if (w0 == w1) migration[w0] &= ~(head & tail);
+      else {
+        migration[w0] &= ~head;
+        migration[w1] &= ~tail;
+        memset(migration + w0 + 1, 0, (w1 - w0 - 1) * 8);
+      }
+    }
     double t3 = now_ms();
     round[it] = t3 - t0; query[it] = t1 - t0; merge[it] = t2 - t1; scan[it] = t3 - t2;
   }
