@@ -182,7 +182,7 @@ describe('scans hand out chunks while the workers scan the next ones', () => {
     const bits = 64 * 1024 * 8;
     const map = engine.arena.allocate(bits / 8, 64);
     fillBuffer(map, 'half', 11);
-    const expected = referenceScanRuns(snapshot(map), 0, bits, Infinity).values;
+    const expected = referenceScanRuns(snapshot(map), 0, bits, bits, Infinity).values;
     const got: number[] = [];
     let chunks = 0;
     for await (const chunk of engine.scanRuns(map, bits)) {
@@ -209,7 +209,7 @@ describe('scans hand out chunks while the workers scan the next ones', () => {
     for await (const _ of engine.scanRuns(first, bits)) break;
     const got: number[] = [];
     for await (const chunk of engine.scanRuns(second, bits)) got.push(...chunk.runs.subarray(0, chunk.count * 2));
-    const expected = referenceScanRuns(snapshot(second), 0, bits, Infinity).values;
+    const expected = referenceScanRuns(snapshot(second), 0, bits, bits, Infinity).values;
     const pairs = (flat: ArrayLike<number>) => Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i]!, flat[2 * i + 1]!] as const);
     expect(pairs(got).sort((a, b) => a[0] - b[0])).toEqual(pairs(expected));
     first.free();
