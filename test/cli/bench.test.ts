@@ -1,4 +1,4 @@
-// `bench crossover` as users run it: the compiled bin, its JSON document and its usage errors.
+// `bench crossover` and `bench sync` as users run them: the compiled bin, JSON documents, usage errors.
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -51,4 +51,25 @@ describe('vfio-iommufd bench crossover', () => {
       expect(status).toBe(2);
     });
   }
+});
+
+describe('vfio-iommufd bench sync', () => {
+  it('--json has a row per worker count and one C row per case, and ratios computed from them', () => {
+    const { status, stdout, stderr } = run('bench', 'sync', '--guest', '8GiB', '--density', '0.01', '--workers', '0,2', '--iterations', '1', '--json');
+    expect(stderr).toBe('');
+    expect(status).toBe(0);
+    const document = JSON.parse(stdout);
+    const ours = document.results.filter((r: { impl: string }) => r.impl === 'vfio-iommufd');
+    const c = document.results.find((r: { impl: string }) => r.impl === 'c-reference');
+    expect(ours.map((r: { workers: number }) => r.workers)).toEqual([0, 2]);
+    expect(c.workers).toBe(0);
+    // Both sides found the same amount of work: 2 sources at 1 % of 8 GiB less the collisions.
+    for (const r of [...ours, c]) expect(Math.abs(r.dirtyPages / (2 * 0.01 * 2 ** 21) - 1)).toBeLessThan(0.05);
+    expect(document.comparisons).toHaveLength(2);
+    for (const row of document.comparisons) {
+      const mine = ours.find((r: { workers: number }) => r.workers === row.workers);
+      expect(row.roundRatio).toBeCloseTo(mine.roundMs / c.roundMs, 9);
+      expect(row.afterQueryRatio).toBeCloseTo((mine.roundMs - mine.phases.queryMs) / (c.roundMs - c.phases.queryMs), 9);
+    }
+  });
 });
