@@ -192,7 +192,7 @@ function reportMtty(boot, dir) {
 function reportBenchIoctl(dir) {
   const text = read(join(dir, 'bench-ioctl.txt'));
   if (text === undefined) return;
-  say('  bench ioctl (ours = the library through koffi; C = src/cli/reference/ioctl-loop.c on the same fd):');
+  say('  bench ioctl (vfio-iommufd bench ioctl, test/kernel/bench-ioctl.test.ts):');
   for (const line of text.trimEnd().split('\n')) say(`    ${line}`);
 }
 
