@@ -36,7 +36,7 @@ describe.runIf(onVirtioIommu)('bench ioctl on the real kernel', () => {
     ] as const;
     for (const [op, label] of cases) {
       const rows = report.results.filter((r) => r.op === op && r.label === label);
-      expect(rows.map((r) => r.impl).sort(), `${op} ${label}`).toEqual(['c-reference', 'koffi-ioctl', 'vfio-iommufd', 'wrapper-js']);
+      expect(rows.map((r) => r.impl).sort(), `${op} ${label}`).toEqual(['c-reference', 'koffi-encode', 'koffi-ioctl', 'vfio-iommufd']);
       for (const r of rows) {
         expect(r.workers).toBe(0);
         expect(r.callsPerBatch).toBeGreaterThan(0);
