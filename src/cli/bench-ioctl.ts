@@ -111,7 +111,7 @@ function sizeLabel(size: number | bigint): string {
   return `${bytes} B`;
 }
 
-const MEDIAN_NOTE = 'µs per call: the median over the batches of batch time / calls; the same calls per batch on every side.';
+const MEDIAN_NOTE = 'µs per call: the median over the batches of batch time / calls; the same calls per batch on every side, the sides taking turns batch by batch.';
 
 /** Runs `call` for at least `ms` milliseconds (and at least once); returns the calls made. Also warms the JIT. */
 function calibrate(call: () => void, ms: number): number {
@@ -218,7 +218,7 @@ function markDirty(iommufd: IommufdHandle, hwpt: number, bytes: bigint): number 
 export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<IoctlBenchReport> {
   const path = options.iommufd ?? '/dev/iommu';
   const sizes = options.sizes ?? DEFAULT_IOCTL_SIZES;
-  const batches = options.batches ?? 7;
+  const batches = options.batches ?? 9;
   const batchMs = options.batchMs ?? 100;
   if (!existsSync(path)) {
     throw new UsageError(`${path} does not exist: bench ioctl measures the real kernel's iommufd (CONFIG_IOMMUFD, and CONFIG_IOMMUFD_TEST for its mock devices); ` +
@@ -249,7 +249,10 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
 
     /**
      * Measures one case on every side: `ours` is the library's call; `koffi` the bare Syscalls.ioctl
-     * on a struct encoded once; `koffiEncode` the same on a struct encoded each call.
+     * on a struct encoded once; `koffiEncode` the same on a struct encoded each call. The sides take
+     * turns batch by batch (the C loop one batch per run), so a change of the machine's speed
+     * (TCG, a busy host) falls on all of them alike. `mark` (GET_DIRTY_BITMAP) marks pages dirty
+     * before ours' first call and before the C loop's first run, and returns the count.
      */
     const measure = (
       c: IoctlBenchCase,
@@ -257,27 +260,39 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
       koffi: () => void,
       koffiEncode: () => void,
       cArgs: string[],
-      beforeEach?: () => void,
+      mark?: () => number,
     ): void => {
       options.onStep?.(`${c.op} ${c.label}`);
-      beforeEach?.();
+      const oursMarked = mark?.();
       const oursFirst = ours();
       const calls = calibrate(ours, batchMs);
-      const oursUs = timeBatches(ours, calls, batches);
       calibrate(koffi, batchMs / 5);
-      const koffiUs = timeBatches(koffi, calls, batches);
       calibrate(koffiEncode, batchMs / 5);
-      const koffiEncodeUs = timeBatches(koffiEncode, calls, batches);
-      const row = (impl: IoctlImpl, batchUs: number[], first: number | null): IoctlBenchResult => ({
-        ...c, impl, workers: 0, callsPerBatch: calls, batches, usPerCall: median(batchUs) / calls, batchUs, first,
+      const oursUs: number[] = [];
+      const koffiUs: number[] = [];
+      const koffiEncodeUs: number[] = [];
+      const cUs: number[] = [];
+      let cFirst = 0;
+      let cMarked: number | undefined;
+      for (let b = 0; b < batches; b++) {
+        oursUs.push(...timeBatches(ours, calls, 1));
+        koffiUs.push(...timeBatches(koffi, calls, 1));
+        koffiEncodeUs.push(...timeBatches(koffiEncode, calls, 1));
+        if (!reference.binary) continue;
+        if (b === 0) cMarked = mark?.();
+        const run = runReference(reference.binary, fd, calls, 1, cArgs);
+        cUs.push(...run.batchUs);
+        if (b === 0) cFirst = run.first;
+      }
+      const row = (impl: IoctlImpl, batchUs: number[], first: number | null, marked?: number): IoctlBenchResult => ({
+        ...c, ...(marked === undefined ? {} : { marked }), impl, workers: 0, callsPerBatch: calls, batches,
+        usPerCall: median(batchUs) / calls, batchUs, first,
       });
-      const oursRow = row('vfio-iommufd', oursUs, oursFirst);
+      const oursRow = row('vfio-iommufd', oursUs, oursFirst, oursMarked);
       const koffiRow = row('koffi-ioctl', koffiUs, null);
       results.push(oursRow, koffiRow, row('koffi-encode', koffiEncodeUs, null));
       if (!reference.binary) return;
-      beforeEach?.();
-      const cRun = runReference(reference.binary, fd, calls, batches, cArgs);
-      const cRow = row('c-reference', cRun.batchUs, cRun.first);
+      const cRow = row('c-reference', cUs, cFirst, cMarked);
       results.push(cRow);
       const oursOverC = oursRow.usPerCall / cRow.usPerCall;
       ratios.push({
@@ -338,14 +353,9 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
         size: uapi.iommu_hwpt_get_dirty_bitmap.size, hwpt_id: hwpt, flags: 0, iova: start, length: size, page_size: BITMAP_PAGE, data,
       });
       const s = encode();
-      let marked = 0;
-      // `marked` is read when each side's row is made (the spread copies it): the marks before that side's first call.
       const c: IoctlBenchCase = {
         op: 'IOMMU_HWPT_GET_DIRTY_BITMAP', label: sizeLabel(size),
         requestBytes: Number(size), mappedBytes: Number(mapped), bitmapBytes: bitmap.byteLength,
-        get marked() {
-          return marked;
-        },
       };
       let first = true;
       measure(
@@ -361,9 +371,7 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
         () => check(sys.ioctl(fd, uapi.IOMMU_HWPT_GET_DIRTY_BITMAP, s, held), 'IOMMU_HWPT_GET_DIRTY_BITMAP', { hwpt_id: hwpt }),
         () => check(sys.ioctl(fd, uapi.IOMMU_HWPT_GET_DIRTY_BITMAP, encode(), held), 'IOMMU_HWPT_GET_DIRTY_BITMAP', { hwpt_id: hwpt }),
         ['dirty-bitmap', String(hwpt), String(start), String(size), String(BITMAP_PAGE)],
-        () => {
-          marked = markDirty(iommufd, hwpt, mapped);
-        },
+        () => markDirty(iommufd, hwpt, mapped),
       );
       if (mapped < size) {
         notes.push(
@@ -395,12 +403,14 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
     const encoded = get('koffi-encode');
     const c = get('c-reference');
     const us = (x: number) => `${x.toFixed(2)} µs`;
+    const noisy = koffi < c || encoded < koffi || ours < encoded;
     notes.push(
       `${r.op} ${r.label}: ${r.oursOverC.toFixed(2)}x C, above the goal of ${IOCTL_GOAL_RATIO}x. Of the ${us(ours - c)} over C: ` +
       `${us(koffi - c)} koffi's call (Syscalls.ioctl on a ready struct, ${r.koffiOverC.toFixed(2)}x C: the variadic ioctl through koffi's trampoline), ` +
       `${us(encoded - koffi)} a struct encoded afresh for each call (uapi StructLayout.encode: a new buffer whose backing store V8 allocates when its address is taken, ` +
       `the fields written through a new DataView), ${us(ours - encoded)} the rest of the wrapper (argument checks, decoding the answer` +
       `${r.op === 'IOMMU_IOAS_IOVA_RANGES' ? ', a new range array per call' : ''})` +
+      (noisy ? ' (a part below 0 is the run\'s noise: the machine\'s speed changed between batches)' : '') +
       (r.koffiOverC > IOCTL_GOAL_RATIO ? `; koffi's call alone is above ${IOCTL_GOAL_RATIO}x C here, so no wrapper meets the goal on this machine.` : '.'),
     );
   }
@@ -452,7 +462,7 @@ export function registerBenchIoctl(bench: Command): void {
     .command('ioctl')
     .description('the library\'s ioctl round trip (koffi) against a C loop on the same /dev/iommu fd: IOMMU_OPTION, IOAS_IOVA_RANGES, HWPT_GET_DIRTY_BITMAP on a mock HWPT (real kernel with CONFIG_IOMMUFD_TEST)')
     .option('--sizes <list>', 'IOVA sizes of the GET_DIRTY_BITMAP requests, comma-separated', DEFAULT_IOCTL_SIZES.map((s) => sizeLabel(s).replace(' ', '')).join(','))
-    .option('--batches <n>', 'timed batches per side', '7')
+    .option('--batches <n>', 'timed batches per side (the sides take turns)', '9')
     .option('--batch-time <duration>', 'calls per batch: as many as the library makes in this time (at least one)', '100ms')
     .option('--iommufd <path>', 'the iommufd device node', '/dev/iommu')
     .option('--json', 'print one JSON document: { machine, iommufd, results, ratios, notes }')

@@ -62,7 +62,7 @@ describe('vfio-iommufd bench ioctl without a usable iommufd', () => {
     expect(status).toBe(0);
     expect(stdout).toMatch(/IOMMU_OPTION, IOAS_IOVA_RANGES, HWPT_GET_DIRTY_BITMAP on a mock HWPT/);
     expect(stdout).toMatch(/--sizes <list>[\s\S]*\(default: "1GiB,64GiB"\)/);
-    expect(stdout).toMatch(/--batches <n>[\s\S]*\(default: "7"\)/);
+    expect(stdout).toMatch(/--batches <n>[\s\S]*\(default: "9"\)/);
     expect(stdout).toMatch(/--iommufd <path>[\s\S]*\(default: "\/dev\/iommu"\)/);
   });
 });
