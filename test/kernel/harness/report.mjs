@@ -188,6 +188,14 @@ function reportMtty(boot, dir) {
   if (!equal) fail(EXIT_TESTS_FAILED, `${boot}: mtty migration: destination state differs or bytes saved != restored`);
 }
 
+/** `vfio-iommufd bench ioctl` in the guest (test/kernel/bench-ioctl.test.ts): its table, as the CLI prints it. */
+function reportBenchIoctl(dir) {
+  const text = read(join(dir, 'bench-ioctl.txt'));
+  if (text === undefined) return;
+  say('  bench ioctl (vfio-iommufd bench ioctl, test/kernel/bench-ioctl.test.ts):');
+  for (const line of text.trimEnd().split('\n')) say(`    ${line}`);
+}
+
 const summary = { resultsDir, boots: {} };
 for (const boot of boots) {
   const dir = join(resultsDir, boot);
@@ -214,6 +222,7 @@ for (const boot of boots) {
   if (planned.includes('failnth')) reportSelftest(boot, dir, 'failnth', 'iommufd_fail_nth', st.get('failnth'));
   if (planned.includes('suite')) reportSuite(boot, dir, st.get('suite'));
   reportMtty(boot, dir);
+  reportBenchIoctl(dir);
   summary.boots[boot] = { qemu, done, panic, steps: Object.fromEntries(st) };
 }
 
