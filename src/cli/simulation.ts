@@ -16,13 +16,11 @@ import { formatBytes, UsageError } from './units.js';
 /** The engine's worker pool holds at most this many threads (src/engine/engine.ts). */
 export const MAX_ENGINE_WORKERS = 256;
 /**
- * Guest page writes the workload generator simulates in one round. It draws every write, so a
- * round beyond this (a dirty rate far above the link, or a link so slow a round lasts years) is
- * refused rather than run out of memory.
+ * Guest page writes the workload generator counts in one round: it draws the pages they hit, not
+ * the writes, so only the count's exactness in doubles bounds it (a dirty rate far above the
+ * link, or a link so slow a round lasts millennia, is refused).
  */
-export const MAX_WRITES_PER_ROUND = 2 ** 27;
-/** Writes drawn per generator call: bounds the generator's scratch memory. */
-const WRITES_PER_STEP = 2 ** 22;
+export const MAX_WRITES_PER_ROUND = Number.MAX_SAFE_INTEGER;
 
 export const DEVICE_WORDS = ['iommu-dirty', 'dma-logging', 'mdev', 'legacy', 'migration'] as const;
 export type DeviceWord = (typeof DEVICE_WORDS)[number];
@@ -198,7 +196,7 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     if (firstRoundWrites > MAX_WRITES_PER_ROUND) {
       throw new UsageError(
         `--dirty-rate ${formatBytes(options.dirtyRate)}/s with --bandwidth ${formatBytes(options.bandwidth)}/s: the guest would write ${firstRoundWrites.toExponential(2)} pages while ` +
-          `the first round of ${formatBytes(options.guestMemory)} is sent; the simulator draws at most ${MAX_WRITES_PER_ROUND} writes a round (lower the dirty rate or raise the bandwidth)`,
+          `the first round of ${formatBytes(options.guestMemory)} is sent; the simulator counts at most 2^53 - 1 writes a round (lower the dirty rate or raise the bandwidth)`,
       );
     }
     const workload = guestWorkload(kernel, {
@@ -213,31 +211,18 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     let predictedDowntimeMs: number | null = null;
     let simulatedDowntimeMs: number | null = null;
     let converged = false;
-    // What each round handed over (runs copied out cheaply during the round, translated after it),
-    // checked against the truth: the cost is the runs and the writes, not the guest's size.
-    let handed = new Float64Array(1 << 16);
     for (let index = 0; index < options.maxRounds; index++) {
-      let count = 0;
+      // What the round hands over is ticked off the ground truth as it comes (the workload does
+      // not write during a round): what is left of the truth after it was not handed over, lost.
+      // The cost is the runs and the truth's chunks, not the guest's size.
+      const truth = workload.takeGroundTruth();
+      const translate = runTranslation(sync);
       const round = await sync.round({
         onRuns: (runs, n, base) => {
-          if ((count + n) * 2 > handed.length) {
-            const grown = new Float64Array(Math.max(handed.length * 2, (count + n) * 2));
-            grown.set(handed.subarray(0, count * 2));
-            handed = grown;
-          }
-          for (let i = 0; i < n; i++) {
-            handed[2 * (count + i)] = base + runs[2 * i]!;
-            handed[2 * (count + i) + 1] = runs[2 * i + 1]!;
-          }
-          count += n;
+          for (let i = 0; i < n; i++) translate(base + runs[2 * i]!, runs[2 * i + 1]!, (iova, length) => workload.handedOver(truth, iova, length));
         },
       });
-      const truth = workload.takeGroundTruth();
-      const ranges: { iova: bigint; length: bigint }[] = [];
-      for (let i = 0; i < count; i++) {
-        for (const r of sync.rangesOfRun(handed[2 * i]!, handed[2 * i + 1]!)) for (const iova of r.iovas) ranges.push({ iova, length: r.length });
-      }
-      const lostPages = workload.lostAgainst(ranges, truth);
+      const lostPages = truth.count();
       lost += lostPages;
       // RAM and device state together, as QEMU's pending estimate (PRECOPY_INFO while in PRE_COPY).
       const devicePending = migratable.reduce((sum, device) => sum + Number(device.pendingBytes()), 0);
@@ -270,10 +255,9 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
         break;
       }
       predictedDowntimeMs = estimate.converges ? (estimate.expectedDowntimeMs ?? null) : null;
-      // The guest runs while this round's pages go over the link.
-      let newlyDirty = 0;
-      const stepSeconds = writesPerSecond > 0 ? WRITES_PER_STEP / writesPerSecond : sendSeconds;
-      for (let done = 0; done < sendSeconds; done += stepSeconds) newlyDirty += workload.advance(Math.min(stepSeconds, sendSeconds - done)).newlyDirty;
+      // The guest runs while this round's pages go over the link (unless no round follows to check it).
+      if (index === options.maxRounds - 1) break;
+      const newlyDirty = workload.advance(sendSeconds).newlyDirty;
       deviceActivity(migratable, (options.dirtyRate * DEVICE_STATE_DIRTY_SHARE * sendSeconds), options.seed + index);
       rate = sendSeconds > 0 ? (newlyDirty * Number(PAGE)) / sendSeconds : 0;
     }
@@ -297,6 +281,40 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     if (sync.started) await sync.stop();
     await space.close();
   }
+}
+
+/**
+ * The migration bitmap's bit-to-IOVA translation as DirtySync gives it (rangesOfRun over each
+ * region, split at every mapping edge), looked up per run in doubles: the same pieces as
+ * rangesOfRun(bit, length) of each run, without objects per run. `visit(iova, length)` gets
+ * every IOVA byte range a run is mapped at (several when the memory is aliased).
+ */
+function runTranslation(sync: DirtySync): (bit: number, length: number, visit: (iova: number, length: number) => void) => void {
+  const page = Number(PAGE);
+  const pieces: { bit: number; end: number; iovas: number[] }[] = [];
+  for (const region of sync.regions) {
+    for (const range of sync.rangesOfRun(region.bit, region.pages)) {
+      const bit = region.bit + Number(range.offset / PAGE);
+      pieces.push({ bit, end: bit + Number(range.length / PAGE), iovas: range.iovas.map(Number) });
+    }
+  }
+  pieces.sort((a, b) => a.bit - b.bit);
+  return (bit, length, visit) => {
+    const end = bit + length;
+    let low = 0;
+    let high = pieces.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (pieces[middle]!.end <= bit) low = middle + 1;
+      else high = middle;
+    }
+    for (let i = low; i < pieces.length && pieces[i]!.bit < end; i++) {
+      const piece = pieces[i]!;
+      const from = Math.max(bit, piece.bit);
+      const to = Math.min(end, piece.end);
+      for (const iova of piece.iovas) visit(iova + (from - piece.bit) * page, (to - from) * page);
+    }
+  };
 }
 
 /** The guest's devices at work: `bytes` of register writes spread over each migratable device's state. */
