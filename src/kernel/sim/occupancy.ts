@@ -87,12 +87,12 @@ export function expectedDistinctPages(pages: number, writes: number): number {
 
 /**
  * Var[distinct pages] of `writes` uniform writes into `pages` pages (the occupancy problem):
- * n(n-1)(1-2/n)^k + n(1-1/n)^k - n^2(1-1/n)^2k.
+ * n(n-1)(1-2/n)^k + n(1-1/n)^k - n^2(1-1/n)^2k, written without the cancellation that loses
+ * it for large n: n^2 a^2 expm1(k log1p(-1/(n-1)^2)) - n a expm1(k log1p(-1/(n-1))), a = (1-1/n)^k.
  */
 export function distinctPagesVariance(pages: number, writes: number): number {
   const n = pages;
-  if (n === 1) return 0;
-  const one = Math.exp(writes * Math.log1p(-1 / n));
-  const two = Math.exp(writes * Math.log1p(-2 / n));
-  return n * (n - 1) * two + n * one - n * n * one * one;
+  if (n <= 1) return 0;
+  const a = Math.exp(writes * Math.log1p(-1 / n));
+  return n * n * a * a * Math.expm1(writes * Math.log1p(-1 / ((n - 1) * (n - 1)))) - n * a * Math.expm1(writes * Math.log1p(-1 / (n - 1)));
 }
