@@ -60,24 +60,54 @@ export class BinomialSampler {
  * each uniform over those pages, in ascending order. Returns how many pages it visited.
  */
 export function forEachDistinctPage(random: Xoshiro128, binomial: BinomialSampler, pages: number, writes: number, visit: (page: number) => void): number {
-  let left = writes;
-  let remaining = pages; // pages from `position` on
-  let position = 0;
   let visited = 0;
-  while (left > 0) {
-    const u = 1 - random.nextFloat(); // (0, 1]
-    // Inversion of P(J >= s) = (1 - s/remaining)^left.
-    let skip = Math.floor(remaining * -Math.expm1(Math.log(u) / left));
-    if (skip >= remaining) skip = remaining - 1;
-    const page = position + skip;
-    const from = remaining - skip; // pages from the hit page on
-    left -= from === 1 ? left : binomial.sampleAtLeastOne(left, 1 / from);
-    visit(page);
-    visited++;
-    position = page + 1;
-    remaining = from - 1;
-  }
+  forEachDistinctWord(random, binomial, pages, writes, (first, mask) => {
+    for (let bits = mask; bits !== 0; bits &= bits - 1) {
+      visit(first + 31 - Math.clz32(bits & -bits));
+      visited++;
+    }
+  });
   return visited;
+}
+
+/**
+ * The same draw, 32 pages at a time: `visit(first, mask)` for each block of pages
+ * [first, first + 32) that some write hit (first a multiple of 32), bit i of `mask` set when page
+ * first + i was hit, blocks in ascending order. The first block hit is drawn by inversion of
+ * P(no write in the next s blocks) = (1 - 32 s / m)^r, the writes on it are Binomial(r, 32/m')
+ * given at least one, and those writes fall uniformly in the block (five random bits each, until
+ * every page of the block is hit). So a dense draw costs its blocks, a sparse one its pages.
+ */
+export function forEachDistinctWord(random: Xoshiro128, binomial: BinomialSampler, pages: number, writes: number, visit: (first: number, mask: number) => void): void {
+  let left = writes;
+  let position = 0; // first page not passed: a multiple of 32
+  while (left > 0) {
+    const remaining = pages - position;
+    const blocks = Math.ceil(remaining / 32);
+    const u = 1 - random.nextFloat(); // (0, 1]
+    let skip = Math.floor((remaining * -Math.expm1(Math.log(u) / left)) / 32);
+    if (skip >= blocks) skip = blocks - 1;
+    const first = position + skip * 32;
+    const size = Math.min(32, pages - first);
+    const from = pages - first; // pages from this block on
+    const hits = from === size ? left : binomial.sampleAtLeastOne(left, size / from);
+    let mask = 0;
+    if (size === 32) {
+      for (let placed = 0; placed < hits && mask !== -1; ) {
+        let bits = random.nextUint32();
+        for (let i = 0; i < 6 && placed < hits; i++, placed++) {
+          mask |= 1 << (bits & 31);
+          bits >>>= 5;
+        }
+      }
+    } else {
+      const full = (1 << size) - 1;
+      for (let placed = 0; placed < hits && mask !== full; placed++) mask |= 1 << random.nextBelow(size);
+    }
+    visit(first, mask >>> 0);
+    left -= hits;
+    position = first + size;
+  }
 }
 
 /** E[distinct pages] of `writes` uniform writes into `pages` pages: n(1 - (1 - 1/n)^k). */

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { InvalidArgumentError } from '../errors.js';
 import { ChunkedBitmap, testBit } from './bitmap.js';
 import type { DmaSource, SimulatedKernel } from './kernel.js';
-import { BinomialSampler, forEachDistinctPage } from './occupancy.js';
+import { BinomialSampler, forEachDistinctWord } from './occupancy.js';
 import { Xoshiro128 } from './prng.js';
 
 const PositiveSize = z.union([z.bigint(), z.number().int().positive()]).transform((value) => BigInt(value));
@@ -168,15 +168,18 @@ export class GuestWorkload {
     const batch = new RunBatch((runs, count) => this.apply(device, runs, count, step));
     switch (this.pattern.kind) {
       case 'uniform':
-        forEachDistinctPage(this.random, this.binomial, this.pages, writes, (page) => batch.add(page, 1));
+        forEachDistinctWord(this.random, this.binomial, this.pages, writes, (first, mask) => batch.addMask(first, mask));
         break;
       case 'hot-set': {
         // Each write is hot with hotProbability: the hot writes' count is binomial, and the two
         // kinds are independent uniform writes into the hot set and into all of memory.
         const hot = this.binomial.sample(writes, this.pattern.hotProbability);
-        forEachDistinctPage(this.random, this.binomial, this.hotPages, hot, (index) => batch.add((this.hotOffset + index * this.hotStride) % this.pages, 1));
+        const { hotOffset, hotStride, pages } = this;
+        forEachDistinctWord(this.random, this.binomial, this.hotPages, hot, (first, mask) => {
+          for (let bits = mask; bits !== 0; bits &= bits - 1) batch.add((hotOffset + (first + 31 - Math.clz32(bits & -bits)) * hotStride) % pages, 1);
+        });
         batch.flush();
-        forEachDistinctPage(this.random, this.binomial, this.pages, writes - hot, (page) => batch.add(page, 1));
+        forEachDistinctWord(this.random, this.binomial, this.pages, writes - hot, (first, mask) => batch.addMask(first, mask));
         break;
       }
       case 'sequential': {
@@ -204,38 +207,51 @@ export class GuestWorkload {
   /** Runs of guest pages from one device: through the kernel per range, then into the truth. */
   private apply(device: number, runs: Float64Array, count: number, step: { faulted: number; newlyDirty: number; pages: number }): void {
     const source = this.devices[device]!;
+    const layout = this.layout;
     // Split the runs by range (a run may cross from one range into the next).
-    const local = this.layout.map(() => [] as number[]);
+    const local = (this.pieces ??= layout.map(() => new Float64Array(2 * (RunBatch.CAPACITY + layout.length))));
+    const counts = layout.map(() => 0);
+    let index = 0;
     for (let i = 0; i < count; i++) {
       let start = runs[2 * i]!;
       const end = start + runs[2 * i + 1]!;
       step.pages += end - start;
       while (start < end) {
-        const index = this.rangeIndex(start);
-        const range = this.layout[index]!;
+        let range = layout[index]!;
+        if (start < range.firstPage || start >= range.firstPage + range.pages) {
+          index = this.rangeIndex(start);
+          range = layout[index]!;
+        }
         const stop = Math.min(end, range.firstPage + range.pages);
-        local[index]!.push(start - range.firstPage, stop - start);
+        const at = counts[index]!++;
+        local[index]![2 * at] = start - range.firstPage;
+        local[index]![2 * at + 1] = stop - start;
         start = stop;
       }
     }
-    local.forEach((pieces, index) => {
-      if (pieces.length === 0) return;
-      const range = this.layout[index]!;
-      const result = this.kernel.dmaWriteRuns(source, range.iova, this.pageSize, pieces);
+    for (let r = 0; r < layout.length; r++) {
+      const n = counts[r]!;
+      if (n === 0) continue;
+      const pieces = local[r]!;
+      const range = layout[r]!;
+      const result = this.kernel.dmaWriteRuns(source, range.iova, this.pageSize, pieces, n);
       if (result.faulted === 0n) {
-        for (let i = 0; i < pieces.length; i += 2) step.newlyDirty += this.truth.setRangeCountingNew(range.firstPage + pieces[i]!, range.firstPage + pieces[i]! + pieces[i + 1]!);
-        return;
+        for (let i = 0; i < n; i++) step.newlyDirty += this.truth.setRangeCountingNew(range.firstPage + pieces[2 * i]!, range.firstPage + pieces[2 * i]! + pieces[2 * i + 1]!);
+        continue;
       }
       // Some writes faulted: redo page by page to know which reached memory (idempotent for dirty state).
-      for (let i = 0; i < pieces.length; i += 2) {
-        for (let page = pieces[i]!; page < pieces[i]! + pieces[i + 1]!; page++) {
+      for (let i = 0; i < n; i++) {
+        for (let page = pieces[2 * i]!; page < pieces[2 * i]! + pieces[2 * i + 1]!; page++) {
           const one = this.kernel.dmaWrite(source, range.iova + BigInt(page) * this.pageSize, this.pageSize);
           if (one.faulted === 0n) step.newlyDirty += this.truth.setRangeCountingNew(range.firstPage + page, range.firstPage + page + 1);
           else step.faulted++;
         }
       }
-    });
+    }
   }
+
+  /** Per-range scratch for apply(). */
+  private pieces: Float64Array[] | undefined;
 
   private rangeIndex(page: number): number {
     const layout = this.layout;
@@ -390,7 +406,7 @@ export class GuestWorkload {
 
 /** Runs collected for the kernel, adjacent ones joined, handed on in bounded batches. */
 class RunBatch {
-  private static readonly CAPACITY = 1 << 16;
+  static readonly CAPACITY = 1 << 16;
   private readonly runs = new Float64Array(2 * RunBatch.CAPACITY);
   private count = 0;
 
@@ -407,6 +423,18 @@ class RunBatch {
     runs[2 * this.count] = start;
     runs[2 * this.count + 1] = length;
     this.count++;
+  }
+
+  /** The runs of ones of `mask`, bit i being page first + i. */
+  addMask(first: number, mask: number): void {
+    let bits = mask >>> 0;
+    while (bits !== 0) {
+      const low = 31 - Math.clz32(bits & -bits);
+      const ones = ~(bits >>> low);
+      const length = ones === 0 ? 32 - low : Math.min(32 - low, 31 - Math.clz32(ones & -ones));
+      this.add(first + low, length);
+      bits = length + low >= 32 ? 0 : (bits & ~(((1 << length) - 1) << low)) >>> 0;
+    }
   }
 
   flush(): void {
