@@ -6,7 +6,7 @@ import { DirtySync } from '../dirty/dirty-sync.js';
 import type { RoundPhases } from '../dirty/dirty-sync.js';
 import { EngineInputError } from '../engine/errors.js';
 import { InvalidArgumentError } from '../kernel/errors.js';
-import { guestWorkload, resolveDeviceSpecs, simulatedKernel, type SimulatedDeviceSpecInput } from '../kernel/sim/index.js';
+import { guestWorkload, resolveDeviceSpecs, simulatedKernel, type GuestWorkload, type SimulatedDeviceSpecInput } from '../kernel/sim/index.js';
 import type { WorkloadPattern } from '../kernel/sim/index.js';
 import { DeviceMigration } from '../migration/index.js';
 import { AddressSpace, type Topology } from '../vfio/address-space.js';
@@ -216,10 +216,23 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
       // not write during a round): what is left of the truth after it was not handed over, lost.
       // The cost is the runs and the truth's chunks, not the guest's size.
       const truth = workload.takeGroundTruth();
-      const translate = runTranslation(sync);
+      const pieces = truthPieces(sync, workload);
+      let cursor = 0;
       const round = await sync.round({
         onRuns: (runs, n, base) => {
-          for (let i = 0; i < n; i++) translate(base + runs[2 * i]!, runs[2 * i + 1]!, (iova, length) => workload.handedOver(truth, iova, length));
+          // Runs ascend: a cursor over the pieces, back to the start when a segment starts lower.
+          for (let i = 0; i < n; i++) {
+            const bit = base + runs[2 * i]!;
+            const end = bit + runs[2 * i + 1]!;
+            if (cursor >= pieces.length || pieces[cursor]!.bit > bit) cursor = 0;
+            while (cursor < pieces.length && pieces[cursor]!.end <= bit) cursor++;
+            for (let k = cursor; k < pieces.length && pieces[k]!.bit < end; k++) {
+              const piece = pieces[k]!;
+              const from = Math.max(bit, piece.bit);
+              const to = Math.min(end, piece.end);
+              truth.clearRange(piece.page + (from - piece.bit), piece.page + (to - piece.bit));
+            }
+          }
         },
       });
       const lostPages = truth.count();
@@ -285,36 +298,31 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
 
 /**
  * The migration bitmap's bit-to-IOVA translation as DirtySync gives it (rangesOfRun over each
- * region, split at every mapping edge), looked up per run in doubles: the same pieces as
- * rangesOfRun(bit, length) of each run, without objects per run. `visit(iova, length)` gets
- * every IOVA byte range a run is mapped at (several when the memory is aliased).
+ * region, split at every mapping edge: the same pieces as rangesOfRun of each run), composed with
+ * the guest's page layout: disjoint ascending pieces, bit range -> the truth page of its first
+ * bit, looked up per run in doubles without objects per run. The simulated guest maps each page
+ * once, on the bitmap's page grid; anything else is refused rather than checked loosely.
  */
-function runTranslation(sync: DirtySync): (bit: number, length: number, visit: (iova: number, length: number) => void) => void {
+function truthPieces(sync: DirtySync, workload: GuestWorkload): { bit: number; end: number; page: number }[] {
+  const simple = (what: string) => new Error(`simulate's no-loss check needs ${what}`);
+  if (workload.pageSize !== PAGE) throw simple('guest pages of the bitmap\'s page size');
   const page = Number(PAGE);
-  const pieces: { bit: number; end: number; iovas: number[] }[] = [];
+  const pieces: { bit: number; end: number; page: number }[] = [];
   for (const region of sync.regions) {
     for (const range of sync.rangesOfRun(region.bit, region.pages)) {
+      if (range.iovas.length > 1) throw simple('guest memory mapped at one IOVA');
+      if (range.iovas.length === 0) continue;
       const bit = region.bit + Number(range.offset / PAGE);
-      pieces.push({ bit, end: bit + Number(range.length / PAGE), iovas: range.iovas.map(Number) });
+      const iova = Number(range.iovas[0]!);
+      for (const inside of workload.pagesIn(iova, Number(range.length))) {
+        if ((inside.iova - iova) % page !== 0) throw simple('guest pages on the bitmap\'s page grid');
+        const first = bit + (inside.iova - iova) / page;
+        pieces.push({ bit: first, end: first + inside.pages, page: inside.page });
+      }
     }
   }
   pieces.sort((a, b) => a.bit - b.bit);
-  return (bit, length, visit) => {
-    const end = bit + length;
-    let low = 0;
-    let high = pieces.length;
-    while (low < high) {
-      const middle = (low + high) >>> 1;
-      if (pieces[middle]!.end <= bit) low = middle + 1;
-      else high = middle;
-    }
-    for (let i = low; i < pieces.length && pieces[i]!.bit < end; i++) {
-      const piece = pieces[i]!;
-      const from = Math.max(bit, piece.bit);
-      const to = Math.min(end, piece.end);
-      for (const iova of piece.iovas) visit(iova + (from - piece.bit) * page, (to - from) * page);
-    }
-  };
+  return pieces;
 }
 
 /** The guest's devices at work: `bytes` of register writes spread over each migratable device's state. */

@@ -374,21 +374,18 @@ export class GuestWorkload {
     return lost;
   }
 
-  /**
-   * A consumer was handed IOVA bytes [iova, iova + length): clears from `truth` every guest page
-   * wholly inside them. What is left of a round's truth once every handed range is cleared is
-   * what was lost (`truth.count()`), at the cost of the ranges, not of the guest. In doubles:
-   * exact below 2^53 bytes.
-   */
-  handedOver(truth: ChunkedBitmap, iova: number, length: number): void {
+  /** The guest pages wholly inside IOVA bytes [iova, iova + length), per range: where they start and their page index. */
+  pagesIn(iova: number, length: number): { iova: number; page: number; pages: number }[] {
     const guestPage = Number(this.pageSize);
     const end = iova + length;
+    const found: { iova: number; page: number; pages: number }[] = [];
     for (const range of this.layout) {
       const base = Number(range.iova);
       const from = Math.max(0, Math.ceil((iova - base) / guestPage));
       const to = Math.min(range.pages, Math.floor((end - base) / guestPage));
-      if (from < to) truth.clearRange(range.firstPage + from, range.firstPage + to);
+      if (from < to) found.push({ iova: base + from * guestPage, page: range.firstPage + from, pages: to - from });
     }
+    return found;
   }
 
   /** Whether a guest page in [iova + from, iova + to) bytes is dirty. */
