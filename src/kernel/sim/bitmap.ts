@@ -120,6 +120,14 @@ export class ChunkedBitmap {
   setRangeCountingNew(from: number, to: number): number {
     let bit = Math.max(0, from);
     const end = Math.min(to, this.size);
+    if (bit < end && Math.floor(bit / 32) === Math.floor((end - 1) / 32)) {
+      const chunk = this.chunk(Math.floor(bit / ChunkedBitmap.CHUNK_BITS));
+      const local = bit % ChunkedBitmap.CHUNK_BITS;
+      const mask = wordMask(local & 31, (local & 31) + end - bit);
+      const old = chunk[local >>> 5]!;
+      chunk[local >>> 5] = (old | mask) >>> 0;
+      return popcount32((mask & ~old) >>> 0);
+    }
     let fresh = 0;
     while (bit < end) {
       const chunkIndex = Math.floor(bit / ChunkedBitmap.CHUNK_BITS);

@@ -210,7 +210,7 @@ export class GuestWorkload {
     const layout = this.layout;
     // Split the runs by range (a run may cross from one range into the next).
     const local = (this.pieces ??= layout.map(() => new Float64Array(2 * (RunBatch.CAPACITY + layout.length))));
-    const counts = layout.map(() => 0);
+    const counts = (this.pieceCounts ??= new Array<number>(layout.length)).fill(0);
     let index = 0;
     for (let i = 0; i < count; i++) {
       let start = runs[2 * i]!;
@@ -252,6 +252,7 @@ export class GuestWorkload {
 
   /** Per-range scratch for apply(). */
   private pieces: Float64Array[] | undefined;
+  private pieceCounts: number[] | undefined;
 
   private rangeIndex(page: number): number {
     const layout = this.layout;
