@@ -55,6 +55,35 @@ function distinctOf(random: Xoshiro128, binomial: BinomialSampler, pages: number
   return seen;
 }
 
+describe('writes on a page that was hit: Binomial(n, p) given at least one', () => {
+  /** P(X = c | X >= 1) for X ~ Binomial(n, p), from log-factorials summed directly. */
+  function truncatedPmf(n: number, p: number): number[] {
+    const logFactorial = [0];
+    for (let i = 1; i <= n; i++) logFactorial.push(logFactorial[i - 1]! + Math.log(i));
+    const none = (1 - p) ** n;
+    return Array.from({ length: n + 1 }, (_, c) =>
+      c === 0 ? 0 : Math.exp(logFactorial[n]! - logFactorial[c]! - logFactorial[n - c]! + c * Math.log(p) + (n - c) * Math.log1p(-p)) / (1 - none));
+  }
+
+  // Means 0.3, 2 and 40, all by inversion (stdlib's binomial, used above a mean of 600, is
+  // biased by about 0.45 at a mean of 40: this test fails on it).
+  for (const [n, p] of [[30, 0.01], [40, 0.05], [2000, 0.02]] as const) {
+    it(`n = ${n}, p = ${p}: every value's frequency within 5 standard errors of the law`, () => {
+      const random = new Xoshiro128(n);
+      const binomial = new BinomialSampler(random);
+      const trials = 20000;
+      const counts = new Array<number>(n + 1).fill(0);
+      for (let t = 0; t < trials; t++) counts[binomial.sampleAtLeastOne(n, p)]!++;
+      expect(counts[0]).toBe(0);
+      const pmf = truncatedPmf(n, p);
+      for (let c = 1; c <= n; c++) {
+        const expected = trials * pmf[c]!;
+        expect(Math.abs(counts[c]! - expected)).toBeLessThan(5 * Math.sqrt(expected * (1 - pmf[c]!)) + 1);
+      }
+    });
+  }
+});
+
 describe('distinct pages of uniform writes', () => {
   it('checks its own model: the occupancy moments against brute force counting', () => {
     // n = 3 pages, k = 2 writes: 9 equally likely outcomes, 3 with one distinct page.
@@ -62,7 +91,7 @@ describe('distinct pages of uniform writes', () => {
     expect(distinctPagesVariance(3, 2)).toBeCloseTo((3 * 1 + 6 * 4) / 9 - ((3 * 1 + 6 * 2) / 9) ** 2, 12);
   });
 
-  for (const [pages, writes] of [[1000, 1500], [1000, 100], [200, 600], [50, 20]] as const) {
+  for (const [pages, writes] of [[1000, 1500], [1000, 100], [200, 600], [50, 20], [256, 16], [4096, 300]] as const) {
     it(`${writes} writes into ${pages} pages: ascending, distinct, and the occupancy law's mean and variance`, () => {
       const random = new Xoshiro128(pages * 7 + writes);
       const binomial = new BinomialSampler(random);
