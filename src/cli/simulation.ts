@@ -6,7 +6,7 @@ import { DirtySync } from '../dirty/dirty-sync.js';
 import type { RoundPhases } from '../dirty/dirty-sync.js';
 import { EngineInputError } from '../engine/errors.js';
 import { InvalidArgumentError } from '../kernel/errors.js';
-import { guestWorkload, resolveDeviceSpecs, simulatedKernel, type SimulatedDeviceSpecInput } from '../kernel/sim/index.js';
+import { guestWorkload, resolveDeviceSpecs, simulatedKernel, type GuestWorkload, type SimulatedDeviceSpecInput } from '../kernel/sim/index.js';
 import type { WorkloadPattern } from '../kernel/sim/index.js';
 import { DeviceMigration } from '../migration/index.js';
 import { AddressSpace, type Topology } from '../vfio/address-space.js';
@@ -16,13 +16,11 @@ import { formatBytes, UsageError } from './units.js';
 /** The engine's worker pool holds at most this many threads (src/engine/engine.ts). */
 export const MAX_ENGINE_WORKERS = 256;
 /**
- * Guest page writes the workload generator simulates in one round. It draws every write, so a
- * round beyond this (a dirty rate far above the link, or a link so slow a round lasts years) is
- * refused rather than run out of memory.
+ * Guest page writes the workload generator counts in one round: it draws the pages they hit, not
+ * the writes, so only the count's exactness in doubles bounds it (a dirty rate far above the
+ * link, or a link so slow a round lasts millennia, is refused).
  */
-export const MAX_WRITES_PER_ROUND = 2 ** 27;
-/** Writes drawn per generator call: bounds the generator's scratch memory. */
-const WRITES_PER_STEP = 2 ** 22;
+export const MAX_WRITES_PER_ROUND = Number.MAX_SAFE_INTEGER;
 
 export const DEVICE_WORDS = ['iommu-dirty', 'dma-logging', 'mdev', 'legacy', 'migration'] as const;
 export type DeviceWord = (typeof DEVICE_WORDS)[number];
@@ -198,7 +196,7 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     if (firstRoundWrites > MAX_WRITES_PER_ROUND) {
       throw new UsageError(
         `--dirty-rate ${formatBytes(options.dirtyRate)}/s with --bandwidth ${formatBytes(options.bandwidth)}/s: the guest would write ${firstRoundWrites.toExponential(2)} pages while ` +
-          `the first round of ${formatBytes(options.guestMemory)} is sent; the simulator draws at most ${MAX_WRITES_PER_ROUND} writes a round (lower the dirty rate or raise the bandwidth)`,
+          `the first round of ${formatBytes(options.guestMemory)} is sent; the simulator counts at most 2^53 - 1 writes a round (lower the dirty rate or raise the bandwidth)`,
       );
     }
     const workload = guestWorkload(kernel, {
@@ -213,31 +211,31 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     let predictedDowntimeMs: number | null = null;
     let simulatedDowntimeMs: number | null = null;
     let converged = false;
-    // What each round handed over (runs copied out cheaply during the round, translated after it),
-    // checked against the truth: the cost is the runs and the writes, not the guest's size.
-    let handed = new Float64Array(1 << 16);
     for (let index = 0; index < options.maxRounds; index++) {
-      let count = 0;
+      // What the round hands over is ticked off the ground truth as it comes (the workload does
+      // not write during a round): what is left of the truth after it was not handed over, lost.
+      // The cost is the runs and the truth's chunks, not the guest's size.
+      const truth = workload.takeGroundTruth();
+      const pieces = truthPieces(sync, workload);
+      let cursor = 0;
       const round = await sync.round({
         onRuns: (runs, n, base) => {
-          if ((count + n) * 2 > handed.length) {
-            const grown = new Float64Array(Math.max(handed.length * 2, (count + n) * 2));
-            grown.set(handed.subarray(0, count * 2));
-            handed = grown;
-          }
+          // Runs ascend: a cursor over the pieces, back to the start when a segment starts lower.
           for (let i = 0; i < n; i++) {
-            handed[2 * (count + i)] = base + runs[2 * i]!;
-            handed[2 * (count + i) + 1] = runs[2 * i + 1]!;
+            const bit = base + runs[2 * i]!;
+            const end = bit + runs[2 * i + 1]!;
+            if (cursor >= pieces.length || pieces[cursor]!.bit > bit) cursor = 0;
+            while (cursor < pieces.length && pieces[cursor]!.end <= bit) cursor++;
+            for (let k = cursor; k < pieces.length && pieces[k]!.bit < end; k++) {
+              const piece = pieces[k]!;
+              const from = Math.max(bit, piece.bit);
+              const to = Math.min(end, piece.end);
+              truth.clearRange(piece.page + (from - piece.bit), piece.page + (to - piece.bit));
+            }
           }
-          count += n;
         },
       });
-      const truth = workload.takeGroundTruth();
-      const ranges: { iova: bigint; length: bigint }[] = [];
-      for (let i = 0; i < count; i++) {
-        for (const r of sync.rangesOfRun(handed[2 * i]!, handed[2 * i + 1]!)) for (const iova of r.iovas) ranges.push({ iova, length: r.length });
-      }
-      const lostPages = workload.lostAgainst(ranges, truth);
+      const lostPages = truth.count();
       lost += lostPages;
       // RAM and device state together, as QEMU's pending estimate (PRECOPY_INFO while in PRE_COPY).
       const devicePending = migratable.reduce((sum, device) => sum + Number(device.pendingBytes()), 0);
@@ -270,10 +268,9 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
         break;
       }
       predictedDowntimeMs = estimate.converges ? (estimate.expectedDowntimeMs ?? null) : null;
-      // The guest runs while this round's pages go over the link.
-      let newlyDirty = 0;
-      const stepSeconds = writesPerSecond > 0 ? WRITES_PER_STEP / writesPerSecond : sendSeconds;
-      for (let done = 0; done < sendSeconds; done += stepSeconds) newlyDirty += workload.advance(Math.min(stepSeconds, sendSeconds - done)).newlyDirty;
+      // The guest runs while this round's pages go over the link (unless no round follows to check it).
+      if (index === options.maxRounds - 1) break;
+      const newlyDirty = workload.advance(sendSeconds).newlyDirty;
       deviceActivity(migratable, (options.dirtyRate * DEVICE_STATE_DIRTY_SHARE * sendSeconds), options.seed + index);
       rate = sendSeconds > 0 ? (newlyDirty * Number(PAGE)) / sendSeconds : 0;
     }
@@ -297,6 +294,35 @@ export async function simulateMigration(options: SimulationOptions): Promise<Sim
     if (sync.started) await sync.stop();
     await space.close();
   }
+}
+
+/**
+ * The migration bitmap's bit-to-IOVA translation as DirtySync gives it (rangesOfRun over each
+ * region, split at every mapping edge: the same pieces as rangesOfRun of each run), composed with
+ * the guest's page layout: disjoint ascending pieces, bit range -> the truth page of its first
+ * bit, looked up per run in doubles without objects per run. The simulated guest maps each page
+ * once, on the bitmap's page grid; anything else is refused rather than checked loosely.
+ */
+function truthPieces(sync: DirtySync, workload: GuestWorkload): { bit: number; end: number; page: number }[] {
+  const simple = (what: string) => new Error(`simulate's no-loss check needs ${what}`);
+  if (workload.pageSize !== PAGE) throw simple('guest pages of the bitmap\'s page size');
+  const page = Number(PAGE);
+  const pieces: { bit: number; end: number; page: number }[] = [];
+  for (const region of sync.regions) {
+    for (const range of sync.rangesOfRun(region.bit, region.pages)) {
+      if (range.iovas.length > 1) throw simple('guest memory mapped at one IOVA');
+      if (range.iovas.length === 0) continue;
+      const bit = region.bit + Number(range.offset / PAGE);
+      const iova = Number(range.iovas[0]!);
+      for (const inside of workload.pagesIn(iova, Number(range.length))) {
+        if ((inside.iova - iova) % page !== 0) throw simple('guest pages on the bitmap\'s page grid');
+        const first = bit + (inside.iova - iova) / page;
+        pieces.push({ bit: first, end: first + inside.pages, page: inside.page });
+      }
+    }
+  }
+  pieces.sort((a, b) => a.bit - b.bit);
+  return pieces;
 }
 
 /** The guest's devices at work: `bytes` of register writes spread over each migratable device's state. */

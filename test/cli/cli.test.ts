@@ -86,8 +86,8 @@ describe('the CLI matrix: bad input is one line on stderr and exit code 2', () =
   for (const [args, message] of [
     [['simulate', '--guest-memory', '64TiB', '--workers', '1'], /--guest-memory 64.00 TiB: too large for the dirty-page tracker: .*the migration bitmap holds at most 3 GiB of bits/],
     [['simulate', '--guest-memory', '1PiB', '--workers', '1'], /--guest-memory 1.00 PiB: .*beyond the 48-bit address width of nic0's IOMMU/],
-    [['simulate', '--dirty-rate', '1000PiB/s', '--workers', '1'], /--dirty-rate 1000.00 PiB\/s with --bandwidth .*the simulator draws at most 134217728 writes a round/],
-    [['simulate', '--bandwidth', '1B/s', '--workers', '1'], /--bandwidth 1.00 B\/s: .*at most 134217728 writes a round/],
+    [['simulate', '--dirty-rate', '1000PiB/s', '--workers', '1'], /--dirty-rate 1000.00 PiB\/s with --bandwidth .*the simulator counts at most 2\^53 - 1 writes a round/],
+    [['simulate', '--bandwidth', '1B/s', '--dirty-rate', '1TiB/s', '--workers', '1'], /--bandwidth 1.00 B\/s: .*at most 2\^53 - 1 writes a round/],
     [['simulate', '--workers', '1000'], /--workers: 1000 is more than 256, the most worker threads the engine runs/],
     [['simulate', '--workers', '1.5'], /--workers: "1.5" must be a whole number/],
     [['simulate', '--bogus'], /^vfio-iommufd: unknown option '--bogus' \(see --help\)\n$/],

@@ -47,6 +47,49 @@ describe('ChunkedBitmap', () => {
     },
   );
 
+  // Short runs (the workload's and the no-loss check's common case: inside one word) anywhere in
+  // a 2^33-bit bitmap, past the 2^31 and 2^32 marks, with set, clear and set-counting-new mixed.
+  const huge = 2 ** 33 + 100;
+  const anchor = fc.constantFrom(0, 31, 2 ** 18 - 3, 2 ** 31 - 5, 2 ** 32 - 17, 2 ** 33 - 40);
+  const shortOperation = fc.tuple(fc.constantFrom('set', 'clear', 'count'), anchor, fc.nat(70), fc.nat(40))
+    .map(([kind, at, offset, length]) => ({ kind, from: at + offset, to: Math.min(huge, at + offset + length) }));
+  test.prop([fc.array(shortOperation, { maxLength: 30 })], { numRuns: 100 })(
+    'short runs across the 2^31 and 2^32 marks: set, clear and setRangeCountingNew match a set of bits',
+    (operations) => {
+      const bitmap = new ChunkedBitmap(huge);
+      const model = new Set<number>();
+      for (const op of operations) {
+        if (op.kind === 'clear') {
+          bitmap.clearRange(op.from, op.to);
+          for (let bit = op.from; bit < op.to; bit++) model.delete(bit);
+          continue;
+        }
+        let fresh = 0;
+        for (let bit = op.from; bit < op.to; bit++) if (!model.has(bit)) fresh++, model.add(bit);
+        if (op.kind === 'count') expect(bitmap.setRangeCountingNew(op.from, op.to)).toBe(fresh);
+        else bitmap.setRange(op.from, op.to);
+      }
+      const runs: [number, number][] = [];
+      bitmap.forEachSetRun(0, huge, (start, end) => runs.push([start, end]));
+      const bits = [...model].sort((a, b) => a - b);
+      const expected: [number, number][] = [];
+      for (const bit of bits) {
+        const last = expected.at(-1);
+        if (last && last[1] === bit) last[1] = bit + 1;
+        else expected.push([bit, bit + 1]);
+      }
+      expect(runs).toEqual(expected);
+    },
+  );
+
+  it('a long clear whose ends fall in the same word modulo 2^32 clears all of it', () => {
+    const bitmap = new ChunkedBitmap(2 ** 33);
+    bitmap.set(6);
+    bitmap.set(2 ** 32 + 5);
+    bitmap.clearRange(5, 2 ** 32 + 6);
+    expect(bitmap.count()).toBe(0);
+  });
+
   it('allocates only the chunks written', () => {
     const bitmap = new ChunkedBitmap(2 ** 40 / 4096); // a 1 TiB guest at 4 KiB
     expect(bitmap.allocatedBytes).toBe(0);

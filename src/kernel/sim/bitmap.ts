@@ -46,14 +46,21 @@ export class ChunkedBitmap {
   }
 
   private chunk(index: number): Uint32Array {
+    // Bulk writers go in ascending order: the last chunk is most often the next one too.
+    if (index === this.lastIndex) return this.lastChunk!;
     let chunk = this.chunks.get(index);
     if (!chunk) {
       chunk = new Uint32Array(ChunkedBitmap.CHUNK_WORDS);
       this.chunks.set(index, chunk);
       this.sortedKeys = undefined;
     }
+    this.lastIndex = index;
+    this.lastChunk = chunk;
     return chunk;
   }
+
+  private lastIndex = -1;
+  private lastChunk: Uint32Array | undefined;
 
   /** Indexes of allocated chunks overlapping bits [from, to), ascending. */
   private chunksIn(from: number, to: number): number[] {
@@ -90,6 +97,13 @@ export class ChunkedBitmap {
   setRange(from: number, to: number): void {
     let bit = Math.max(0, from);
     const end = Math.min(to, this.size);
+    // One bit, or a run inside one word: the workload's common case, without the general loop.
+    if (bit < end && Math.floor(bit / 32) === Math.floor((end - 1) / 32)) {
+      const chunk = this.chunk(Math.floor(bit / ChunkedBitmap.CHUNK_BITS));
+      const local = bit % ChunkedBitmap.CHUNK_BITS;
+      chunk[local >>> 5]! |= wordMask(local & 31, (local & 31) + end - bit);
+      return;
+    }
     while (bit < end) {
       const chunkIndex = Math.floor(bit / ChunkedBitmap.CHUNK_BITS);
       const chunkStart = chunkIndex * ChunkedBitmap.CHUNK_BITS;
@@ -99,11 +113,58 @@ export class ChunkedBitmap {
     }
   }
 
+  /**
+   * Sets bits [from, to) and returns how many of them were clear before: a ground truth's
+   * "newly dirty", a word at a time.
+   */
+  setRangeCountingNew(from: number, to: number): number {
+    let bit = Math.max(0, from);
+    const end = Math.min(to, this.size);
+    if (bit < end && Math.floor(bit / 32) === Math.floor((end - 1) / 32)) {
+      const chunk = this.chunk(Math.floor(bit / ChunkedBitmap.CHUNK_BITS));
+      const local = bit % ChunkedBitmap.CHUNK_BITS;
+      const mask = wordMask(local & 31, (local & 31) + end - bit);
+      const old = chunk[local >>> 5]!;
+      chunk[local >>> 5] = (old | mask) >>> 0;
+      return popcount32((mask & ~old) >>> 0);
+    }
+    let fresh = 0;
+    while (bit < end) {
+      const chunkIndex = Math.floor(bit / ChunkedBitmap.CHUNK_BITS);
+      const chunkStart = chunkIndex * ChunkedBitmap.CHUNK_BITS;
+      const chunkEnd = Math.min(end, chunkStart + ChunkedBitmap.CHUNK_BITS);
+      const words = this.chunk(chunkIndex);
+      let local = bit - chunkStart;
+      const localEnd = chunkEnd - chunkStart;
+      while (local < localEnd) {
+        const word = local >>> 5;
+        const wordEnd = Math.min(localEnd, (word + 1) * 32);
+        const mask = wordMask(local & 31, wordEnd - word * 32);
+        const old = words[word]!;
+        fresh += popcount32((mask & ~old) >>> 0);
+        words[word] = (old | mask) >>> 0;
+        local = wordEnd;
+      }
+      bit = chunkEnd;
+    }
+    return fresh;
+  }
+
   /** Clears bits [from, to); chunks that become empty are kept (they will likely be written again). */
   clearRange(from: number, to: number): void {
     const start = Math.max(0, from);
     const end = Math.min(to, this.size);
     if (start >= end) return;
+    // A run inside one word: no chunk list to build.
+    if (Math.floor(start / 32) === Math.floor((end - 1) / 32)) {
+      const index = Math.floor(start / ChunkedBitmap.CHUNK_BITS);
+      const chunk = index === this.lastIndex ? this.lastChunk : this.chunks.get(index);
+      if (chunk) {
+        const local = start % ChunkedBitmap.CHUNK_BITS;
+        chunk[local >>> 5]! &= ~wordMask(local & 31, (local & 31) + end - start);
+      }
+      return;
+    }
     for (const chunkIndex of this.chunksIn(start, end)) {
       const chunkStart = chunkIndex * ChunkedBitmap.CHUNK_BITS;
       const local = Math.max(start, chunkStart) - chunkStart;
@@ -206,6 +267,8 @@ export class ChunkedBitmap {
   /** Drops every chunk. */
   reset(): void {
     this.chunks.clear();
+    this.lastIndex = -1;
+    this.lastChunk = undefined;
     this.sortedKeys = [];
   }
 }

@@ -143,6 +143,33 @@ export class DmaLog {
     }
   }
 
+  /** recordPages for runs: run i is pages [runs[2i], runs[2i] + runs[2i+1]) of `pageSize`. */
+  recordRuns(base: bigint, pageSize: bigint, runs: ArrayLike<number>, count: number): void {
+    const logPage = this.activePageSize;
+    if (logPage === undefined) return;
+    const fast = base % logPage === 0n && (pageSize % logPage === 0n || logPage % pageSize === 0n);
+    if (!fast) {
+      for (let i = 0; i < count; i++) this.record(base + BigInt(runs[2 * i]!) * pageSize, BigInt(runs[2 * i + 1]!) * pageSize);
+      return;
+    }
+    const basePage = Number(base / logPage);
+    const perWrite = pageSize >= logPage ? Number(pageSize / logPage) : 0;
+    const writesPerPage = pageSize >= logPage ? 0 : Number(logPage / pageSize);
+    for (const range of this.tracked) {
+      const first = Number(range.firstPage);
+      const end = first + range.pages.size;
+      for (let i = 0; i < count; i++) {
+        const start = runs[2 * i]!;
+        const after = start + runs[2 * i + 1]!;
+        // Log pages touched: a write smaller than a log page dirties the log page around it.
+        const from = perWrite > 0 ? basePage + start * perWrite : basePage + Math.floor(start / writesPerPage);
+        const to = perWrite > 0 ? basePage + after * perWrite : basePage + Math.floor((after - 1) / writesPerPage) + 1;
+        if (to <= first || from >= end) continue;
+        range.pages.setRange(Math.max(from, first) - first, Math.min(to, end) - first);
+      }
+    }
+  }
+
   /**
    * log_read_and_clear into a caller's bitmap at `reportPageSize` (already checked: a power of two,
    * at least 4 KiB). EINVAL when logging is off. Bits are only set, never cleared.

@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { InvalidArgumentError } from '../errors.js';
 import { ChunkedBitmap, testBit } from './bitmap.js';
 import type { DmaSource, SimulatedKernel } from './kernel.js';
+import { BinomialSampler, forEachDistinctWord } from './occupancy.js';
 import { Xoshiro128 } from './prng.js';
 
 const PositiveSize = z.union([z.bigint(), z.number().int().positive()]).transform((value) => BigInt(value));
@@ -48,7 +49,9 @@ export type GuestWorkloadOptions = Omit<z.input<typeof GuestWorkloadSpec>, 'devi
 export interface WorkloadStep {
   /** Page writes issued (a page may be written more than once). */
   readonly writes: number;
-  /** Writes the IOMMU refused (the page is not mapped writeable for that device): not dirty. */
+  /** Distinct pages each device wrote, summed over the devices: what reached the kernel. */
+  readonly pages: number;
+  /** Of those, pages the IOMMU refused (not mapped writeable for that device): not dirty. */
   readonly faulted: number;
   /** Pages that became dirty in this step (were clean in the ground truth before). */
   readonly newlyDirty: number;
@@ -77,6 +80,7 @@ export class GuestWorkload {
   private readonly layout: RangeLayout[];
   private readonly devices: readonly DmaSource[];
   private readonly random: Xoshiro128;
+  private readonly binomial: BinomialSampler;
   private readonly dirtyRate: number;
   private truth: ChunkedBitmap;
   private carry = 0;
@@ -103,6 +107,7 @@ export class GuestWorkload {
     this.devices = options.devices;
     this.dirtyRate = spec.dirtyRate;
     this.random = new Xoshiro128(spec.seed);
+    this.binomial = new BinomialSampler(this.random);
     let firstPage = 0;
     this.layout = spec.ranges.map((range, index) => {
       if (range.iova % this.pageSize !== 0n || range.length % this.pageSize !== 0n) {
@@ -131,41 +136,6 @@ export class GuestWorkload {
     throw new RangeError(`page ${page} is outside the workload's ${this.pages} pages`);
   }
 
-  private nextPage(): number {
-    switch (this.pattern.kind) {
-      case 'uniform':
-        return this.random.nextBelow(this.pages);
-      case 'hot-set':
-        if (this.random.nextFloat() < this.pattern.hotProbability) {
-          return (this.hotOffset + this.random.nextBelow(this.hotPages) * this.hotStride) % this.pages;
-        }
-        return this.random.nextBelow(this.pages);
-      case 'sequential': {
-        const page = this.cursor;
-        this.cursor = (this.cursor + 1) % this.pages;
-        return page;
-      }
-      case 'bursts':
-        return this.random.nextBelow(this.pages);
-    }
-  }
-
-  /** The pages of the next `count` writes, in order. */
-  private generate(count: number): Float64Array {
-    const pages = new Float64Array(count);
-    let index = 0;
-    while (index < count) {
-      if (this.pattern.kind === 'bursts') {
-        const start = this.random.nextBelow(this.pages);
-        const length = Math.min(this.pattern.burstPages, count - index, this.pages - start);
-        for (let page = 0; page < length; page++) pages[index++] = start + page;
-      } else {
-        pages[index++] = this.nextPage();
-      }
-    }
-    return pages;
-  }
-
   /** Advance the guest by `seconds` of simulated time at the dirty rate. */
   advance(seconds: number): WorkloadStep {
     const exact = this.dirtyRate * seconds + this.carry;
@@ -174,47 +144,115 @@ export class GuestWorkload {
     return this.write(count);
   }
 
-  /** Issue `count` page writes now. */
+  /**
+   * Issue `count` page writes now. The writes go to the devices in turn (device i of the turn
+   * takes every n-th write), and what reaches the devices is each one's distinct pages, as runs:
+   * the cost is the distinct pages (the runs for sweeps and bursts), never the writes.
+   */
   write(count: number): WorkloadStep {
-    const pages = this.generate(count);
+    if (!Number.isSafeInteger(count) || count < 0) throw new InvalidArgumentError('count', `must be a whole number of writes below 2^53, got ${count}`);
     const deviceCount = this.devices.length;
-    const perDevice: number[][][] = this.devices.map(() => this.layout.map(() => []));
-    for (let index = 0; index < count; index++) {
-      const page = pages[index]!;
-      const device = (this.nextDevice + index) % deviceCount;
-      const range = this.rangeIndex(page);
-      perDevice[device]![range]!.push(page - this.layout[range]!.firstPage);
+    const step = { faulted: 0, newlyDirty: 0, pages: 0 };
+    for (let turn = 0; turn < deviceCount; turn++) {
+      const device = (this.nextDevice + turn) % deviceCount;
+      const writes = Math.floor(count / deviceCount) + (turn < count % deviceCount ? 1 : 0);
+      if (writes > 0) this.writeFrom(device, writes, step);
     }
     this.nextDevice = (this.nextDevice + count) % deviceCount;
-    let faulted = 0;
-    let newlyDirty = 0;
-    const record = (page: number): void => {
-      if (!this.truth.test(page)) {
-        this.truth.set(page);
-        newlyDirty++;
-      }
-    };
-    perDevice.forEach((ranges, device) => {
-      const source = this.devices[device]!;
-      ranges.forEach((indexes, rangeIndex) => {
-        if (indexes.length === 0) return;
-        const range = this.layout[rangeIndex]!;
-        const result = this.kernel.dmaWritePages(source, range.iova, this.pageSize, indexes);
-        if (result.faulted === 0n) {
-          for (const index of indexes) record(range.firstPage + index);
-          return;
-        }
-        // Some writes faulted: redo page by page to know which reached memory (idempotent for dirty state).
-        for (const index of indexes) {
-          const one = this.kernel.dmaWrite(source, range.iova + BigInt(index) * this.pageSize, this.pageSize);
-          if (one.faulted === 0n) record(range.firstPage + index);
-          else faulted++;
-        }
-      });
-    });
     this.totalWrites += count;
-    return { writes: count, faulted, newlyDirty };
+    return { writes: count, ...step };
   }
+
+  /** One device's `writes` writes, in the pattern, applied as runs of its distinct pages. */
+  private writeFrom(device: number, writes: number, step: { faulted: number; newlyDirty: number; pages: number }): void {
+    const batch = new RunBatch((runs, count) => this.apply(device, runs, count, step));
+    switch (this.pattern.kind) {
+      case 'uniform':
+        forEachDistinctWord(this.random, this.binomial, this.pages, writes, (first, mask) => batch.addMask(first, mask));
+        break;
+      case 'hot-set': {
+        // Each write is hot with hotProbability: the hot writes' count is binomial, and the two
+        // kinds are independent uniform writes into the hot set and into all of memory.
+        const hot = this.binomial.sample(writes, this.pattern.hotProbability);
+        const { hotOffset, hotStride, pages } = this;
+        forEachDistinctWord(this.random, this.binomial, this.hotPages, hot, (first, mask) => {
+          for (let bits = mask; bits !== 0; bits &= bits - 1) batch.add((hotOffset + (first + 31 - Math.clz32(bits & -bits)) * hotStride) % pages, 1);
+        });
+        batch.flush();
+        forEachDistinctWord(this.random, this.binomial, this.pages, writes - hot, (first, mask) => batch.addMask(first, mask));
+        break;
+      }
+      case 'sequential': {
+        // The sweep goes on where it was; a device's share is a stretch of it.
+        const distinct = Math.min(writes, this.pages);
+        const first = Math.min(distinct, this.pages - this.cursor);
+        batch.add(this.cursor, first);
+        if (distinct > first) batch.add(0, distinct - first);
+        this.cursor = (this.cursor + (writes % this.pages)) % this.pages;
+        break;
+      }
+      case 'bursts':
+        // A burst is one device's: it starts at a random page and is cut at the end of memory.
+        for (let done = 0; done < writes; ) {
+          const start = this.random.nextBelow(this.pages);
+          const length = Math.min(this.pattern.burstPages, writes - done, this.pages - start);
+          batch.add(start, length);
+          done += length;
+        }
+        break;
+    }
+    batch.flush();
+  }
+
+  /** Runs of guest pages from one device: through the kernel per range, then into the truth. */
+  private apply(device: number, runs: Float64Array, count: number, step: { faulted: number; newlyDirty: number; pages: number }): void {
+    const source = this.devices[device]!;
+    const layout = this.layout;
+    // Split the runs by range (a run may cross from one range into the next).
+    const local = (this.pieces ??= layout.map(() => new Float64Array(2 * (RunBatch.CAPACITY + layout.length))));
+    const counts = (this.pieceCounts ??= new Array<number>(layout.length)).fill(0);
+    let index = 0;
+    for (let i = 0; i < count; i++) {
+      let start = runs[2 * i]!;
+      const end = start + runs[2 * i + 1]!;
+      step.pages += end - start;
+      while (start < end) {
+        let range = layout[index]!;
+        if (start < range.firstPage || start >= range.firstPage + range.pages) {
+          index = this.rangeIndex(start);
+          range = layout[index]!;
+        }
+        const stop = Math.min(end, range.firstPage + range.pages);
+        const at = counts[index]!++;
+        local[index]![2 * at] = start - range.firstPage;
+        local[index]![2 * at + 1] = stop - start;
+        start = stop;
+      }
+    }
+    for (let r = 0; r < layout.length; r++) {
+      const n = counts[r]!;
+      if (n === 0) continue;
+      const pieces = local[r]!;
+      const range = layout[r]!;
+      const result = this.kernel.dmaWriteRuns(source, range.iova, this.pageSize, pieces, n);
+      if (result.faulted === 0n) {
+        for (let i = 0; i < n; i++) step.newlyDirty += this.truth.setRangeCountingNew(range.firstPage + pieces[2 * i]!, range.firstPage + pieces[2 * i]! + pieces[2 * i + 1]!);
+        continue;
+      }
+      // Some writes faulted: redo page by page to know which reached memory (idempotent for dirty state).
+      for (let i = 0; i < n; i++) {
+        for (let page = pieces[2 * i]!; page < pieces[2 * i]! + pieces[2 * i + 1]!; page++) {
+          const one = this.kernel.dmaWrite(source, range.iova + BigInt(page) * this.pageSize, this.pageSize);
+          if (one.faulted === 0n) step.newlyDirty += this.truth.setRangeCountingNew(range.firstPage + page, range.firstPage + page + 1);
+          else step.faulted++;
+        }
+      }
+    }
+  }
+
+  /** Per-range scratch for apply(). */
+  private pieces: Float64Array[] | undefined;
+  private pieceCounts: number[] | undefined;
 
   private rangeIndex(page: number): number {
     const layout = this.layout;
@@ -337,6 +375,20 @@ export class GuestWorkload {
     return lost;
   }
 
+  /** The guest pages wholly inside IOVA bytes [iova, iova + length), per range: where they start and their page index. */
+  pagesIn(iova: number, length: number): { iova: number; page: number; pages: number }[] {
+    const guestPage = Number(this.pageSize);
+    const end = iova + length;
+    const found: { iova: number; page: number; pages: number }[] = [];
+    for (const range of this.layout) {
+      const base = Number(range.iova);
+      const from = Math.max(0, Math.ceil((iova - base) / guestPage));
+      const to = Math.min(range.pages, Math.floor((end - base) / guestPage));
+      if (from < to) found.push({ iova: base + from * guestPage, page: range.firstPage + from, pages: to - from });
+    }
+    return found;
+  }
+
   /** Whether a guest page in [iova + from, iova + to) bytes is dirty. */
   private anyDirty(truth: ChunkedBitmap, iova: bigint, from: number, to: number): boolean {
     const guestPage = Number(this.pageSize);
@@ -347,6 +399,47 @@ export class GuestWorkload {
       for (let page = first; page < end; page++) if (truth.test(range.firstPage + page)) return true;
     }
     return false;
+  }
+}
+
+/** Runs collected for the kernel, adjacent ones joined, handed on in bounded batches. */
+class RunBatch {
+  static readonly CAPACITY = 1 << 16;
+  private readonly runs = new Float64Array(2 * RunBatch.CAPACITY);
+  private count = 0;
+
+  constructor(private readonly sink: (runs: Float64Array, count: number) => void) {}
+
+  add(start: number, length: number): void {
+    const runs = this.runs;
+    const last = this.count - 1;
+    if (last >= 0 && runs[2 * last]! + runs[2 * last + 1]! === start) {
+      runs[2 * last + 1] = runs[2 * last + 1]! + length;
+      return;
+    }
+    if (this.count === RunBatch.CAPACITY) this.flush();
+    runs[2 * this.count] = start;
+    runs[2 * this.count + 1] = length;
+    this.count++;
+  }
+
+  /** The runs of ones of `mask`, bit i being page first + i. */
+  addMask(first: number, mask: number): void {
+    let bits = mask >>> 0;
+    while (bits !== 0) {
+      const low = 31 - Math.clz32(bits & -bits);
+      const ones = ~(bits >>> low);
+      const length = ones === 0 ? 32 - low : Math.min(32 - low, 31 - Math.clz32(ones & -ones));
+      this.add(first + low, length);
+      bits = length + low >= 32 ? 0 : (bits & ~(((1 << length) - 1) << low)) >>> 0;
+    }
+  }
+
+  flush(): void {
+    if (this.count === 0) return;
+    const count = this.count;
+    this.count = 0;
+    this.sink(this.runs, count);
   }
 }
 
