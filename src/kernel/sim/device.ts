@@ -31,7 +31,7 @@ import type {
   MigrationDataHandle,
   RegionInfo,
 } from '../types.js';
-import { checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
+import { checkBitmapHeld, checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
 import { DmaLog } from './dma-log.js';
 import { fail } from './failure.js';
 import type { AccessObject, DeviceObject, IommuDevice } from './iommufd-objects.js';
@@ -389,6 +389,7 @@ export class SimulatedDeviceFile implements DeviceHandle {
 
   dmaLoggingReport(request: DirtyBitmapRequest): void {
     if (this.validate) checkBitmapRequest('report', request);
+    checkBitmapHeld('report', request, false); // as the linux shim
     const objects = { feature: 'DMA_LOGGING_REPORT', iova: request.iova, length: request.length, page_size: request.pageSize };
     this.ioctl('VFIO_DEVICE_FEATURE', objects, () => {
       this.requireAccess();
