@@ -160,6 +160,30 @@ function checkBitmapBuffer(argument: string, bitmap: unknown): Uint8Array {
   return bitmap;
 }
 
+/** The largest view Node 20 makes of host memory (its typed arrays stop at 2 GiB here). */
+export const MAXIMUM_VIEW_BYTES = 1n << 31n;
+
+/** The checks of HostMemory.view, the same on both kernels: live memory, a range inside it, one view's size. */
+export function checkView(
+  memory: { readonly released: boolean; readonly length: bigint },
+  offset: unknown,
+  length: unknown,
+): { start: bigint; size: bigint } {
+  if (memory.released) throw new InvalidArgumentError('memory', 'has been released: its views are gone');
+  const start = checkU64('offset', offset);
+  if (start > memory.length) {
+    throw new InvalidArgumentError('offset', `0x${start.toString(16)} is past the memory's 0x${memory.length.toString(16)} bytes`);
+  }
+  const size = length === undefined ? memory.length - start : checkU64('length', length);
+  if (start + size > memory.length) {
+    throw new InvalidArgumentError('length', `offset 0x${start.toString(16)} + length 0x${size.toString(16)} does not fit the memory's 0x${memory.length.toString(16)} bytes`);
+  }
+  if (size > MAXIMUM_VIEW_BYTES) {
+    throw new InvalidArgumentError('length', `0x${size.toString(16)} is more than one view holds (2 GiB): take views of parts`);
+  }
+  return { start, size };
+}
+
 function describe(value: unknown): string {
   if (typeof value === 'bigint') return `${value}n`;
   if (typeof value === 'string') return JSON.stringify(value);
