@@ -60,8 +60,9 @@ describe('host memory views after release', () => {
     try {
       const view = libcSyscalls().view(memory.address, Number(PAGE));
       view[0] = 42;
-      const moved = structuredClone(view.buffer, { transfer: [view.buffer] });
-      expect(view.buffer.byteLength).toBe(Number(PAGE)); // not detached
+      const buffer = view.buffer as ArrayBuffer;
+      const moved = structuredClone(buffer, { transfer: [buffer] });
+      expect(buffer.byteLength).toBe(Number(PAGE)); // not detached
       expect(new Uint8Array(moved)[0]).toBe(42);
       new Uint8Array(moved)[0] = 7; // a copy: the memory is unchanged
       expect(view[0]).toBe(42);
