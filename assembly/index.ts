@@ -4,7 +4,7 @@
 // lookup tables live in an area the host reserved (see tables.ts).
 export { merge, mergeCount, mergeCountJournaled } from "./merge";
 export {
-  scanIndices, scanRuns, lastCursor, popcountRange, clearRange, setRange,
+  scanIndices, scanRuns, lastCursor, popcountRange, clearRange, clearRangeCounting, setRange,
   testBit, testAndSetBit, testAndClearBit, runLengthFrom,
 } from "./scan";
 export { mergeCountScanRuns } from "./fused";

@@ -377,6 +377,42 @@ export function clearRange(bitmap: usize, start: u32, end: u32): void {
   memory.fill(wordAddress(bitmap, w0 + 1), 0, <usize>(w1 - w0 - 1) << 3);
 }
 
+// Clears [start, end); returns how many of its bits were set. One pass: a
+// round's hand-over counts the pages it clears while their words are loaded.
+export function clearRangeCounting(bitmap: usize, start: u32, end: u32): f64 {
+  if (start >= end) return 0;
+  const w0 = start >>> 6;
+  const w1 = (end - 1) >>> 6;
+  const head = highMask(start & 63);
+  const tail = lowMask(((end - 1) & 63) + 1);
+  if (w0 == w1) {
+    const x = loadWord(bitmap, w0);
+    storeWord(bitmap, w0, x & ~(head & tail));
+    return <f64>popcnt<u64>(x & head & tail);
+  }
+  const first = loadWord(bitmap, w0);
+  const last = loadWord(bitmap, w1);
+  storeWord(bitmap, w0, first & ~head);
+  storeWord(bitmap, w1, last & ~tail);
+  let c0: u64 = popcnt<u64>(first & head) + popcnt<u64>(last & tail);
+  let c1: u64 = 0;
+  let p = wordAddress(bitmap, w0 + 1);
+  const stop = wordAddress(bitmap, w1);
+  const zero = i64x2.splat(0);
+  for (; p + 32 <= stop; p += 32) {
+    const a = load<u64>(p), b = load<u64>(p, 8), c = load<u64>(p, 16), d = load<u64>(p, 24);
+    c0 += popcnt<u64>(a) + popcnt<u64>(c);
+    c1 += popcnt<u64>(b) + popcnt<u64>(d);
+    v128.store(p, zero);
+    v128.store(p, zero, 16);
+  }
+  for (; p < stop; p += 8) {
+    c0 += popcnt<u64>(load<u64>(p));
+    store<u64>(p, 0);
+  }
+  return <f64>(c0 + c1);
+}
+
 // Sets [start, end); returns the number of bits that were clear.
 export function setRange(bitmap: usize, start: u32, end: u32): f64 {
   if (start >= end) return 0;

@@ -23,7 +23,8 @@ export type {
 export { DeviceMigration, MigrationTransitionError, saveDevices } from './migration/index.js';
 export type { DeviceChunk, DeviceMigrationOptions, MigrationRecovery } from './migration/index.js';
 export { Engine, IovaRangeSet, EngineInputError, EngineWorkerError, EngineClosedError } from './engine/index.js';
-export type { EngineOptions } from './engine/index.js';
+export type { EngineOptions, EngineCall } from './engine/index.js';
+export { ENGINE_CALLS, DEFAULT_INLINE_UP_TO_BYTES } from './engine/index.js';
 // The types the exported API's signatures name, so that users (and the API docs) can refer to them.
 export { SimulatedKernel, GuestWorkload } from './kernel/sim/index.js';
 export type { DmaSource } from './kernel/sim/kernel.js';

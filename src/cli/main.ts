@@ -6,6 +6,7 @@ import { Command, CommanderError } from 'commander';
 import { EngineInputError } from '../engine/errors.js';
 import { InvalidArgumentError, KernelError } from '../kernel/errors.js';
 import { linuxKernel } from '../kernel/linux/index.js';
+import { registerBenchIoctl } from './bench-ioctl.js';
 import { registerBenchSync } from './bench-sync.js';
 import { printJson, table } from './output.js';
 import { registerMigrate } from './migrate.js';
@@ -73,6 +74,8 @@ program
 const bench = program.command('bench').description('benchmarks that print figures and ratios against references measured in the same run');
 (await import('./bench-engine.js')).registerBenchEngine(bench);
 registerBenchSync(bench);
+(await import('./bench-crossover.js')).registerBenchCrossover(bench);
+registerBenchIoctl(bench);
 
 async function main(): Promise<void> {
   try {

@@ -485,9 +485,12 @@ export class DirtySync {
     const handed: [ArenaBuffer, number, number][] = [];
     let dirtyPages = 0;
     let runCount = 0;
-    const clearHanded = () => {
-      for (const [buffer, start, end] of handed) engine.sync.clear(buffer, start, end);
+    // Spans hold only their runs' bits, so what a span clears is the pages it handed over.
+    const clearHanded = (): number => {
+      let cleared = 0;
+      for (const [buffer, start, end] of handed) cleared += engine.sync.clearCounting(buffer, start, end);
       handed.length = 0;
+      return cleared;
     };
     try {
       for (const segment of bitmap.segments) {
@@ -501,7 +504,6 @@ export class DirtySync {
           } catch (error) {
             throw new ConsumerError(error);
           }
-          for (let i = 0; i < count; i++) dirtyPages += runs[2 * i + 1]!;
           runCount += count;
           handed.push([buffer, runs[0]!, runs[2 * (count - 1)]! + runs[2 * (count - 1) + 1]!]);
         };
@@ -511,7 +513,7 @@ export class DirtySync {
           if (error instanceof ConsumerError) throw error;
           // A worker failure the pool could not redo: clear what was handed over, scan the rest
           // of this segment on this thread (so no run is handed over twice).
-          clearHanded();
+          dirtyPages += clearHanded();
           const output = engine.arena.allocate(1 << 20, 64);
           try {
             for (let cursor = 0; cursor < bits; ) {
@@ -529,7 +531,7 @@ export class DirtySync {
       if (error instanceof ConsumerError) throw error.error;
       throw error;
     }
-    clearHanded();
+    dirtyPages += clearHanded();
     bitmap.releaseIdle();
 
     const newly = Math.max(0, dirtyPages - before);

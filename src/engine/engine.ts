@@ -28,14 +28,42 @@ export interface EngineOptions {
    */
   minimumShardBytes?: number;
   /**
-   * Calls over at most this many bitmap bytes run on the calling thread
-   * instead of a worker (default: minimumShardBytes): at 4 MiB a kernel takes
-   * 0.1 to 0.3 ms and a round trip 50 to 100 us. 0 sends every call to the workers.
+   * Calls over at most this many bitmap bytes run on the calling thread instead
+   * of the workers. A number applies to every call (0 sends every call to the
+   * workers); an object sets it per call and leaves the others at their default.
+   * Default: {@link DEFAULT_INLINE_UP_TO_BYTES}, the sizes below which the
+   * workers' round trip cost more than the work they saved, as `bench crossover`
+   * measured them; never less than minimumShardBytes.
    */
-  inlineUpToBytes?: number;
+  inlineUpToBytes?: number | Partial<Record<EngineCall, number>>;
   /** Which build of the module to load (default release). */
   wasm?: WasmFlavour;
 }
+
+/** The engine calls that may run on the workers. */
+export const ENGINE_CALLS = ['merge', 'mergeAndCount', 'popcount', 'clear', 'resample', 'scanIndices', 'scanRuns', 'mergeCountScan'] as const;
+export type EngineCall = (typeof ENGINE_CALLS)[number];
+
+/**
+ * Bitmap bytes up to which a call runs on the calling thread by default: for
+ * each call, the largest size at which the calling thread was still at least as
+ * fast as 2 workers in `vfio-iommufd bench crossover` on a quiet 2-core machine
+ * (sizes 256 KiB to 128 MiB, 1 % dirty; the note of issue 13 has the table).
+ * Below it the workers' round trip (a message each way and a wake-up, 0.1 to
+ * 1 ms) costs more than the work they share. mergeAndCount never won on the
+ * workers up to 128 MiB (its journaled blocks cost more than a second core
+ * saves), so it stays here up to the largest bitmap a round has.
+ */
+export const DEFAULT_INLINE_UP_TO_BYTES: Readonly<Record<EngineCall, number>> = {
+  merge: 4 * 1024 * 1024,
+  mergeAndCount: 256 * 1024 * 1024,
+  popcount: 16 * 1024 * 1024,
+  clear: 64 * 1024 * 1024,
+  resample: 4 * 1024 * 1024,
+  scanIndices: 4 * 1024 * 1024,
+  scanRuns: 4 * 1024 * 1024,
+  mergeCountScan: 4 * 1024 * 1024,
+};
 
 /** A chunk of runs from a sharded scan: (start, length) pairs, valid until the next engine call. */
 export interface RunChunk {
@@ -85,7 +113,7 @@ export class Engine {
   readonly #exports: KernelExports;
   readonly #pool: WorkerPool | undefined;
   readonly #minimumShardBits: number;
-  readonly #inlineUpToBits: number;
+  readonly #inlineUpToBits: Readonly<Record<EngineCall, number>>;
   #parallelism: number;
   #queue: Promise<unknown> = Promise.resolve();
   #closed = false;
@@ -94,7 +122,7 @@ export class Engine {
 
   private constructor(
     memory: WebAssembly.Memory, arena: Arena, exports: KernelExports, sync: Kernels,
-    pool: WorkerPool | undefined, minimumShardBytes: number, inlineUpToBytes: number,
+    pool: WorkerPool | undefined, minimumShardBytes: number, inlineUpToBytes: Readonly<Record<EngineCall, number>>,
   ) {
     this.memory = memory;
     this.arena = arena;
@@ -102,7 +130,7 @@ export class Engine {
     this.sync = sync;
     this.#pool = pool;
     this.#parallelism = pool?.size ?? 0;
-    this.#inlineUpToBits = inlineUpToBytes * 8;
+    this.#inlineUpToBits = Object.fromEntries(ENGINE_CALLS.map((call) => [call, inlineUpToBytes[call] * 8])) as Record<EngineCall, number>;
     this.#minimumShardBits = Math.max(SHARD_ALIGN_BITS, Math.ceil((minimumShardBytes * 8) / SHARD_ALIGN_BITS) * SHARD_ALIGN_BITS);
   }
 
@@ -116,8 +144,7 @@ export class Engine {
     if (outputEntries < INDEX_SLACK) throw new EngineInputError(`outputEntries must be at least ${INDEX_SLACK}, got ${outputEntries}`);
     const minimumShardBytes = options.minimumShardBytes ?? DEFAULT_MINIMUM_SHARD_BYTES;
     checkCount('minimumShardBytes', minimumShardBytes, 2 ** 32);
-    const inlineUpToBytes = options.inlineUpToBytes ?? minimumShardBytes;
-    checkCount('inlineUpToBytes', inlineUpToBytes, 2 ** 32);
+    const inlineUpToBytes = inlineThresholds(options.inlineUpToBytes, minimumShardBytes);
 
     const module = loadModule(options.wasm ?? 'release');
     const memory = createSharedMemory(memoryBytes);
@@ -185,7 +212,7 @@ export class Engine {
   async merge(dst: BitmapLike, sources: readonly BitmapLike[], bits: number): Promise<void> {
     this.#check();
     checkMerge(dst, sources, bits, MAXIMUM_SOURCES);
-    const pool = this.#poolFor(bits);
+    const pool = this.#poolFor('merge', bits);
     if (!pool || bits === 0) return this.sync.merge(dst, sources, bits);
     const addresses = sources.map((s) => s.offset);
     await this.#exclusive(() =>
@@ -204,7 +231,7 @@ export class Engine {
   async mergeAndCount(dst: BitmapLike, sources: readonly BitmapLike[], bits: number): Promise<number> {
     this.#check();
     checkMerge(dst, sources, bits, MAXIMUM_SOURCES);
-    const pool = this.#poolFor(bits);
+    const pool = this.#poolFor('mergeAndCount', bits);
     if (!pool || bits === 0) return this.sync.mergeAndCount(dst, sources, bits);
     const addresses = sources.map((s) => s.offset);
     const counts = await this.#exclusive(() =>
@@ -225,7 +252,7 @@ export class Engine {
   async popcount(bitmap: BitmapLike, start: number, end: number): Promise<number> {
     this.#check();
     checkRange('bitmap', bitmap, start, end);
-    const pool = this.#poolFor(end - start);
+    const pool = this.#poolFor('popcount', end - start);
     if (!pool) return this.sync.popcount(bitmap, start, end);
     const counts = await this.#exclusive(() =>
       Promise.all(this.#plan(start, end).map((s) => pool.run(s.slot, (c) => c.api.popcount(bitmap.offset, s.start, s.end)))),
@@ -237,7 +264,7 @@ export class Engine {
   async clear(bitmap: BitmapLike, start: number, end: number): Promise<void> {
     this.#check();
     checkRange('bitmap', bitmap, start, end);
-    const pool = this.#poolFor(end - start);
+    const pool = this.#poolFor('clear', end - start);
     if (!pool) return this.sync.clear(bitmap, start, end);
     await this.#exclusive(() =>
       Promise.all(this.#plan(start, end).map((s) => pool.run(s.slot, (c) => c.api.clear(bitmap.offset, s.start, s.end)))),
@@ -248,7 +275,7 @@ export class Engine {
   async resample(spec: ResampleSpec): Promise<number> {
     this.#check();
     const g = resampleGeometry(spec);
-    const pool = this.#poolFor(g.dstEnd - g.dstStart);
+    const pool = this.#poolFor('resample', g.dstEnd - g.dstStart);
     if (!pool) return this.sync.resample(spec);
     const counts = await this.#exclusive(() =>
       Promise.all(
@@ -272,7 +299,7 @@ export class Engine {
     checkBits('bitmap', bitmap, bits);
     const from = options.from ?? 0;
     checkCount('from', from, bits);
-    const pool = this.#poolFor(bits - from);
+    const pool = this.#poolFor('scanIndices', bits - from);
     if (!pool) return this.#syncIndexChunks(bitmap, bits, from);
     return this.#indexChunks(pool, bitmap, from, bits);
   }
@@ -287,7 +314,7 @@ export class Engine {
     checkBits('bitmap', bitmap, bits);
     const from = options.from ?? 0;
     checkCount('from', from, bits);
-    const pool = this.#poolFor(bits - from);
+    const pool = this.#poolFor('scanRuns', bits - from);
     if (!pool) return this.#syncRunChunks(bitmap, bits, from);
     const first = async (): Promise<ShardScan[]> =>
       this.#exclusive(() =>
@@ -312,7 +339,7 @@ export class Engine {
   async mergeCountScan(dst: BitmapLike, sources: readonly BitmapLike[], bits: number): Promise<MergeCountScanRound> {
     this.#check();
     checkMerge(dst, sources, bits, MAXIMUM_SOURCES);
-    const pool = this.#poolFor(bits);
+    const pool = this.#poolFor('mergeCountScan', bits);
     if (!pool || bits === 0) {
       const newlySet = this.sync.mergeAndCount(dst, sources, bits);
       return { newlySet, runs: this.#syncRunChunks(dst, bits, 0) };
@@ -353,8 +380,13 @@ export class Engine {
   }
 
   /** The pool, unless the call is small enough to run here (see inlineUpToBytes). */
-  #poolFor(bits: number): WorkerPool | undefined {
-    return bits <= this.#inlineUpToBits ? undefined : this.#pool;
+  #poolFor(call: EngineCall, bits: number): WorkerPool | undefined {
+    return bits <= this.#inlineUpToBits[call] ? undefined : this.#pool;
+  }
+
+  /** Bitmap bytes up to which each call runs on the calling thread. */
+  get inlineUpToBytes(): Readonly<Record<EngineCall, number>> {
+    return Object.fromEntries(ENGINE_CALLS.map((call) => [call, this.#inlineUpToBits[call] / 8])) as Record<EngineCall, number>;
   }
 
   #requirePool(): WorkerPool {
@@ -430,28 +462,41 @@ export class Engine {
   ): AsyncGenerator<RunChunk> {
     const scans = await firstPass();
     this.#joinBoundaries(bitmap, scans, bits);
-    for (const s of scans) if (s.view.length > 0) yield { runs: s.view, count: s.view.length / 2, shard: s.slot };
-    let pending = scans.filter((s) => !s.done);
-    while (pending.length > 0) {
-      // Resumed scans may follow their last run past the shard's end: every shard is merged by now.
-      const steps = await this.#exclusive(() =>
+    let batch: { scan: ShardScan; view: Uint32Array }[] = scans.map((scan) => ({ scan, view: scan.view }));
+    // Double buffered: while this thread hands out a batch of chunks (one per unfinished shard),
+    // the workers already scan the next batch into their other chunk. Resumed scans may follow
+    // their last run past the shard's end: every shard is merged by now.
+    let chunk = 1;
+    while (batch.length > 0) {
+      const pending = batch.filter((b) => !b.scan.done).map((b) => b.scan);
+      const into = chunk;
+      const next = pending.length === 0 ? undefined : this.#exclusive(() =>
         Promise.all(
           pending.map((s) =>
             pool.run(s.slot, async (c) => {
-              const step = await c.api.scanRuns(bitmap.offset, s.cursor, s.end, bits, c.output.offset, c.outputEntries);
-              return { step, view: new Uint32Array(this.memory.buffer, c.output.offset, step.count * 2) };
+              const out = into === 0 ? c.chunks[0] : c.chunks[1];
+              const step = await c.api.scanRuns(bitmap.offset, s.cursor, s.end, bits, out, c.outputEntries);
+              return { scan: s, step, view: new Uint32Array(this.memory.buffer, out, step.count * 2) };
             }),
           ),
         ),
       );
-      for (let i = 0; i < pending.length; i++) {
-        const s = pending[i]!;
-        const { step, view } = steps[i]!;
-        s.cursor = step.cursor;
-        s.done = step.cursor >= s.end;
-        if (step.count > 0) yield { runs: view, count: step.count, shard: s.slot };
+      next?.catch(() => undefined); // awaited below, or abandoned with the scan
+      try {
+        for (const { scan, view } of batch) if (view.length > 0) yield { runs: view, count: view.length / 2, shard: scan.slot };
+      } finally {
+        // A consumer that stops early gets control back once no worker reads its bitmap any more
+        // (it may free it); later pool calls would queue behind the prefetch anyway.
+        if (next) await next.then(() => undefined, () => undefined);
       }
-      pending = pending.filter((s) => !s.done);
+      if (!next) return;
+      const steps = await next;
+      for (const { scan, step } of steps) {
+        scan.cursor = step.cursor;
+        scan.done = step.cursor >= scan.end;
+      }
+      batch = steps.filter((s) => s.step.count > 0 || !s.scan.done);
+      chunk ^= 1;
     }
   }
 
@@ -545,4 +590,24 @@ function shardWords(shard: { start: number; end: number }): { firstWord: number;
   const firstWord = shard.start / 64;
   const { words, lastBits } = wordsOf(shard.end - shard.start);
   return { firstWord, words, lastBits };
+}
+
+function inlineThresholds(option: EngineOptions['inlineUpToBytes'], minimumShardBytes: number): Record<EngineCall, number> {
+  if (typeof option === 'number') {
+    checkCount('inlineUpToBytes', option, 2 ** 32);
+    return Object.fromEntries(ENGINE_CALLS.map((call) => [call, option])) as Record<EngineCall, number>;
+  }
+  if (option !== undefined && (typeof option !== 'object' || option === null)) {
+    throw new EngineInputError(`inlineUpToBytes must be a number or an object of numbers per call, got ${typeof option}`);
+  }
+  const out = {} as Record<EngineCall, number>;
+  for (const call of ENGINE_CALLS) {
+    const given = option?.[call];
+    if (given !== undefined) checkCount(`inlineUpToBytes.${call}`, given, 2 ** 32);
+    out[call] = given ?? Math.max(DEFAULT_INLINE_UP_TO_BYTES[call], minimumShardBytes);
+  }
+  for (const key of Object.keys(option ?? {})) {
+    if (!(ENGINE_CALLS as readonly string[]).includes(key)) throw new EngineInputError(`inlineUpToBytes.${key} is not an engine call (${ENGINE_CALLS.join(', ')})`);
+  }
+  return out;
 }

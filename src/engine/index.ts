@@ -1,5 +1,7 @@
 // The WASM dirty engine: shared-memory arena, kernels, worker pool, IOVA range set.
-export { Engine, type EngineOptions, type RunChunk, type MergeCountScanRound } from './engine.js';
+export {
+  Engine, ENGINE_CALLS, DEFAULT_INLINE_UP_TO_BYTES, type EngineCall, type EngineOptions, type RunChunk, type MergeCountScanRound,
+} from './engine.js';
 export { Arena, ArenaBuffer, type AllocateOptions } from './arena.js';
 export {
   Kernels, MAXIMUM_SOURCES, type IndexScanResult, type RunScanResult, type MergeCountScanResult,

@@ -90,6 +90,12 @@ export class Kernels {
     this.exports.clearRange(bitmap.offset, start, end);
   }
 
+  /** Clears [start, end); returns how many of those bits were set (one pass). */
+  clearCounting(bitmap: BitmapLike, start: number, end: number): number {
+    checkRange('bitmap', bitmap, start, end);
+    return this.exports.clearRangeCounting(bitmap.offset, start, end);
+  }
+
   /** Sets [start, end); returns how many of those bits were clear. */
   setRange(bitmap: BitmapLike, start: number, end: number): number {
     checkRange('bitmap', bitmap, start, end);

@@ -64,6 +64,7 @@ export interface KernelExports {
   lastCursor(): number;
   popcountRange(bitmap: number, start: number, end: number): number;
   clearRange(bitmap: number, start: number, end: number): void;
+  clearRangeCounting(bitmap: number, start: number, end: number): number;
   setRange(bitmap: number, start: number, end: number): number;
   testBit(bitmap: number, bit: number): number;
   testAndSetBit(bitmap: number, bit: number): number;

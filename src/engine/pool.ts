@@ -1,6 +1,6 @@
 // The worker pool: N workers on the one shared memory, each in a slot that owns
-// its private areas (source list, journal block scratch, journal word, scan
-// output chunk). A worker that dies is replaced in its slot and the slot's task
+// its private areas (source list, journal block scratch, journal word, two scan
+// output chunks). A worker that dies is replaced in its slot and the slot's task
 // is run again: every input is still in shared memory, and journaled tasks pick
 // up exactly where the dead worker's journal says it stopped.
 import { Worker } from 'node:worker_threads';
@@ -28,9 +28,12 @@ export interface SlotContext {
   readonly block: number;
   readonly work: number;
   readonly journal: number;
+  /** Two output chunks: a scan fills one while the calling thread takes the other. */
   readonly output: ArenaBuffer;
-  /** Output entries of 8 bytes (runs) it holds; twice as many u32 indices. */
+  /** Output entries of 8 bytes (runs) one chunk holds; twice as many u32 indices. */
   readonly outputEntries: number;
+  /** Where chunk 0 and chunk 1 start. */
+  readonly chunks: readonly [number, number];
   /** 0 on the first try; a retry runs on a fresh worker. */
   readonly attempt: number;
   /** Test hook: block after which a journaled kernel should stop as if killed, or -1. */
@@ -82,7 +85,7 @@ export class WorkerPool {
     try {
       for (let i = 0; i < options.size; i++) {
         const areas = options.arena.allocate(AREA_BYTES, 64);
-        const output = options.arena.allocate(options.outputEntries * 8, 64);
+        const output = options.arena.allocate(options.outputEntries * 16, 64);
         pool.#slots.push(pool.#spawn(i, areas, output, 0));
       }
       await Promise.all(pool.#slots.map((slot) => pool.#ready(slot)));
@@ -155,7 +158,8 @@ export class WorkerPool {
         work: slot.areas.offset + WORK_OFFSET,
         journal: slot.areas.offset + JOURNAL_OFFSET,
         output: slot.output,
-        outputEntries: Math.floor(slot.output.byteLength / 8),
+        outputEntries: Math.floor(slot.output.byteLength / 16),
+        chunks: [slot.output.offset, slot.output.offset + Math.floor(slot.output.byteLength / 16) * 8],
         attempt,
         faultAfterBlock: fault,
       };

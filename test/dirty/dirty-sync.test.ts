@@ -11,7 +11,7 @@ const PAGE = 4096n;
 let engine: Engine;
 
 beforeAll(async () => {
-  engine = await Engine.create({ workers: 2, minimumShardBytes: 4096 });
+  engine = await Engine.create({ workers: 2, minimumShardBytes: 4096, inlineUpToBytes: 4096 });
 });
 afterAll(async () => {
   await engine.close();

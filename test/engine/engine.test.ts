@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type ArenaBuffer, Engine, EngineClosedError, EngineInputError } from '../../src/engine/index.js';
+import { type ArenaBuffer, DEFAULT_INLINE_UP_TO_BYTES, Engine, EngineClosedError, EngineInputError } from '../../src/engine/index.js';
 import { packageRoot, workerPath } from '../../src/engine/module.js';
 import { referenceMergeAndCount, referenceResample, referenceScanRuns } from '../../src/engine/reference.js';
 import { resampleGeometry } from '../../src/engine/resample.js';
@@ -26,7 +26,7 @@ describe('finding the compiled worker', () => {
   test('the built package starts its workers and merges through them', () => {
     const script = `
       const { Engine } = await import(${JSON.stringify(pathToFileURL(join(packageRoot(), 'dist', 'src', 'engine', 'index.js')).href)});
-      const engine = await Engine.create({ workers: 2, minimumShardBytes: 4096 });
+      const engine = await Engine.create({ workers: 2, minimumShardBytes: 4096, inlineUpToBytes: 4096 });
       const a = engine.arena.allocate(65536), d = engine.arena.allocate(65536);
       a.u32().fill(0x01010101);
       const n = await engine.mergeAndCount(d, [a], 65536 * 8);
@@ -51,7 +51,7 @@ describe('a worker that dies', () => {
   }
 
   beforeAll(async () => {
-    engine = await Engine.create({ workers: 2, memoryBytes: 96 * 1024 * 1024, minimumShardBytes: 1024 * 1024 });
+    engine = await Engine.create({ workers: 2, memoryBytes: 96 * 1024 * 1024, minimumShardBytes: 1024 * 1024, inlineUpToBytes: 1024 * 1024 });
   });
 
   afterAll(async () => {
@@ -148,7 +148,7 @@ describe('the debug build', () => {
 
 describe('small calls', () => {
   test('run on the calling thread up to inlineUpToBytes, on the workers above it', async () => {
-    const engine = await Engine.create({ workers: 1, minimumShardBytes: 64 * 1024 });
+    const engine = await Engine.create({ workers: 1, minimumShardBytes: 64 * 1024, inlineUpToBytes: 64 * 1024 });
     try {
       const small = engine.arena.allocate(64 * 1024);
       const large = engine.arena.allocate(128 * 1024);
@@ -165,6 +165,91 @@ describe('small calls', () => {
     } finally {
       await engine.close();
     }
+  });
+});
+
+describe('scans hand out chunks while the workers scan the next ones', () => {
+  let engine: Engine;
+  beforeAll(async () => {
+    // 100 runs a chunk: a dense bitmap takes many chunks per shard.
+    engine = await Engine.create({ workers: 2, minimumShardBytes: 4096, inlineUpToBytes: 0, outputEntries: 100 });
+  });
+  afterAll(async () => {
+    await engine.close();
+  });
+
+  test('a chunk stays as it was handed out until the next one is asked for', async () => {
+    const bits = 64 * 1024 * 8;
+    const map = engine.arena.allocate(bits / 8, 64);
+    fillBuffer(map, 'half', 11);
+    const expected = referenceScanRuns(snapshot(map), 0, bits, bits, Infinity).values;
+    const got: number[] = [];
+    let chunks = 0;
+    for await (const chunk of engine.scanRuns(map, bits)) {
+      const copy = Array.from(chunk.runs.subarray(0, chunk.count * 2));
+      if (chunks++ < 8) {
+        // Long enough for the workers to finish the next batch into their other chunk.
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        expect(Array.from(chunk.runs.subarray(0, chunk.count * 2))).toEqual(copy);
+      }
+      got.push(...copy);
+    }
+    expect(chunks).toBeGreaterThan(8);
+    const pairs = (flat: ArrayLike<number>) => Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i]!, flat[2 * i + 1]!] as const);
+    expect(pairs(got).sort((a, b) => a[0] - b[0])).toEqual(pairs(expected));
+    map.free();
+  });
+
+  test('after a scan left early, the next scan is exact', async () => {
+    const bits = 64 * 1024 * 8;
+    const first = engine.arena.allocate(bits / 8, 64);
+    const second = engine.arena.allocate(bits / 8, 64);
+    fillBuffer(first, 'runs', 12);
+    fillBuffer(second, 'half', 13);
+    for await (const _ of engine.scanRuns(first, bits)) break;
+    const got: number[] = [];
+    for await (const chunk of engine.scanRuns(second, bits)) got.push(...chunk.runs.subarray(0, chunk.count * 2));
+    const expected = referenceScanRuns(snapshot(second), 0, bits, bits, Infinity).values;
+    const pairs = (flat: ArrayLike<number>) => Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i]!, flat[2 * i + 1]!] as const);
+    expect(pairs(got).sort((a, b) => a[0] - b[0])).toEqual(pairs(expected));
+    first.free();
+    second.free();
+  });
+});
+
+describe('inline thresholds per call', () => {
+  test('an object sets one call and leaves the others at their default, never below minimumShardBytes', async () => {
+    const engine = await Engine.create({ workers: 1, minimumShardBytes: 512 * 1024 * 1024, inlineUpToBytes: { mergeAndCount: 0 } });
+    try {
+      expect(engine.inlineUpToBytes.mergeAndCount).toBe(0);
+      expect(engine.inlineUpToBytes.popcount).toBe(512 * 1024 * 1024);
+      const bitmap = engine.arena.allocate(64 * 1024);
+      const dst = engine.arena.allocate(64 * 1024);
+      bitmap.u32().fill(0xffffffff);
+      const started = engine.testing.workersStarted();
+      // The fault fires only where a call reaches the worker: popcount stays here, the merge goes.
+      engine.testing.injectFault(0, 0);
+      expect(await engine.popcount(bitmap, 0, 64 * 1024 * 8)).toBe(64 * 1024 * 8);
+      expect(engine.testing.workersStarted()).toBe(started);
+      expect(await engine.mergeAndCount(dst, [bitmap], 64 * 1024 * 8)).toBe(64 * 1024 * 8);
+      expect(engine.testing.workersStarted()).toBe(started + 1);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test('without the option, each call gets its default', async () => {
+    const engine = await Engine.create({ workers: 1, minimumShardBytes: 4096 });
+    try {
+      expect(engine.inlineUpToBytes).toEqual(DEFAULT_INLINE_UP_TO_BYTES);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test('an unknown call or a bad size is refused', async () => {
+    await expect(Engine.create({ workers: 0, inlineUpToBytes: { scan: 1 } as never })).rejects.toThrow(/inlineUpToBytes.scan is not an engine call/);
+    await expect(Engine.create({ workers: 0, inlineUpToBytes: { popcount: -1 } })).rejects.toThrow(/inlineUpToBytes.popcount/);
   });
 });
 

@@ -145,6 +145,22 @@ describe('range kernels', () => {
     }
   });
 
+  test.prop([rangeArbitrary], { numRuns: RUNS })(`clear-and-count of a range clears what clear does and counts what popcount does (${RUNS} cases)`, ([bits, source, a, b]) => {
+    counter.hit('clear counting');
+    try {
+      const map = bitmap(bits, source.pattern, source.seed);
+      const start = bits === 0 ? 0 : a % (bits + 1);
+      const end = start + (bits === 0 ? 0 : b % (bits - start + 1));
+      const expected = snapshot(map);
+      const set = referencePopcount(expected, start, end);
+      referenceClear(expected, start, end);
+      expect(engine.sync.clearCounting(map, start, end)).toBe(set);
+      expect(snapshot(map)).toEqual(expected);
+    } finally {
+      release();
+    }
+  });
+
   test.prop([fc.integer({ min: 1, max: 5000 }), sourceArbitrary, fc.array(fc.tuple(fc.nat(), fc.constantFrom('test', 'set', 'clear')), { maxLength: 40 })], { numRuns: RUNS })(
     `test, test-and-set and test-and-clear of single bits agree with the reference (${RUNS} cases)`,
     (bits, source, operations) => {

@@ -20,7 +20,7 @@ const live: ArenaBuffer[] = [];
 
 beforeAll(async () => {
   // Shards of 4 KiB of bitmap (32768 bits), output chunks of 100 runs / 200 indices.
-  engine = await Engine.create({ workers: WORKERS, memoryBytes: 32 * 1024 * 1024, minimumShardBytes: 4096, outputEntries: 100 });
+  engine = await Engine.create({ workers: WORKERS, memoryBytes: 32 * 1024 * 1024, minimumShardBytes: 4096, inlineUpToBytes: 4096, outputEntries: 100 });
 });
 
 afterAll(async () => {

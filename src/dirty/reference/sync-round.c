@@ -3,6 +3,7 @@
 // read-and-clear straight into the migration bitmap (OR the dirty words in, zero them in the
 // kernel's state: HWPT dirty bitmaps and DMA logging reports only set bits, so the kernel's OR
 // is the merge); then scan the migration bitmap into runs in a reused chunk, counting its pages,
+// and clear what the runs covered (the hand-over),
 // word by word with the engine's algorithm.
 // Newly dirty pages are the count after less the count before.
 // Usage: sync-round PAGES DENSITY SOURCES ITERATIONS SEED -> one JSON line of medians.
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <immintrin.h> // tzcnt, blsr: the build is -march=native (BMI on every x86-64 since 2013)
 
 typedef uint64_t u64;
 typedef uint32_t u32;
@@ -82,35 +84,66 @@ int main(int argc, char **argv) {
     double t2 = t1; // no merge pass: the kernel's OR was it
     runs = 0;
     u64 after = 0;
-    // Word by word, as the engine's scan (assembly/scan.ts): with c the last bit of the
-    // previous word, starts are w & ~(w << 1 | c) and ends (one past) ~w & (w << 1 | c). The
-    // chunk wraps as a consumer taking full chunks would see it; an end writes the length of
-    // the oldest open run from the start already in its slot.
-    u64 n = 0, m = 0, carry = 0;
-    for (size_t i = 0; i < words; i++) {
-      u64 w = migration[i];
-      if ((w | carry) == 0) continue;
-      u64 before = w << 1 | carry;
-      u64 starts = w & ~before, ends = ~w & before;
-      carry = w >> 63;
-      u32 base = (u32)(i * 64);
-      while (starts) { out[2 * (n & (CHUNK - 1))] = base + (u32)__builtin_ctzll(starts); n++; starts &= starts - 1; }
-      while (ends) {
-        u32 *slot = out + 2 * (m & (CHUNK - 1));
-        slot[1] = base + (u32)__builtin_ctzll(ends) - slot[0];
-        after += slot[1];
-        m++;
-        ends &= ends - 1;
+    // Word by word, as the engine's scan (assembly/scan.ts): blocks of 64 words with a mask of
+    // their nonzero words; with c the last bit of the previous word, starts are w & ~(w << 1 | c)
+    // and ends (one past) ~w & (w << 1 | c), each written with tzcnt, the first four stores
+    // unconditional (tzcnt of 0 is 64), so a word costs no branch per run. A zero word after a
+    // run ends it. The chunk wraps as a consumer taking full chunks would see it; an end writes
+    // the length of the oldest open run from the start already in its slot. The pages are the
+    // set bits of the nonzero words.
+    const u64 mask = CHUNK - 1;
+    u64 n = 0, m = 0, carry = 0, first = UINT64_MAX;
+    size_t previous = 0;
+    for (size_t w = 0; w < words; w += 64) {
+      size_t block = words - w < 64 ? words - w : 64;
+      u64 nonzero = 0;
+      for (size_t k = 0; k < block; k++) nonzero |= (u64)(migration[w + k] != 0) << k;
+      while (nonzero) {
+        size_t i = w + (size_t)_tzcnt_u64(nonzero);
+        nonzero = _blsr_u64(nonzero);
+        if (carry && i != previous + 1) {
+          u32 *slot = out + 2 * (m & mask);
+          slot[1] = (u32)((previous + 1) * 64) - slot[0];
+          m++;
+          carry = 0;
+        }
+        u64 x = migration[i];
+        after += (u64)__builtin_popcountll(x);
+        if (first == UINT64_MAX) first = i * 64 + _tzcnt_u64(x); // the first run's start
+        u64 before = x << 1 | carry;
+        u64 starts = x & ~before, ends = ~x & before;
+        carry = x >> 63;
+        u32 base = (u32)(i * 64);
+        u32 start_count = (u32)__builtin_popcountll(starts), end_count = (u32)__builtin_popcountll(ends);
+        for (u64 k = 0; k < 4; k++) { out[2 * ((n + k) & mask)] = base + (u32)_tzcnt_u64(starts); starts = _blsr_u64(starts); }
+        for (u64 k = 4; starts; k++) { out[2 * ((n + k) & mask)] = base + (u32)_tzcnt_u64(starts); starts = _blsr_u64(starts); }
+        n += start_count;
+        for (u64 k = 0; k < 4; k++) { u32 *slot = out + 2 * ((m + k) & mask); slot[1] = base + (u32)_tzcnt_u64(ends) - slot[0]; ends = _blsr_u64(ends); }
+        for (u64 k = 4; ends; k++) { u32 *slot = out + 2 * ((m + k) & mask); slot[1] = base + (u32)_tzcnt_u64(ends) - slot[0]; ends = _blsr_u64(ends); }
+        m += end_count;
+        previous = i;
       }
     }
-    if (n > m) {
-      u32 *slot = out + 2 * (m & (CHUNK - 1));
-      slot[1] = (u32)(words * 64) - slot[0];
-      after += slot[1];
+    if (carry) {
+      u32 *slot = out + 2 * (m & mask);
+      slot[1] = (u32)((previous + 1) * 64) - slot[0];
       m++;
     }
     runs = m;
     newly = after - before;
+    // Hand-over, as the library's round does it: clear what the runs covered once they are
+    // taken (here, one span from the first run's start to the last run's end).
+    if (m > 0) {
+      u64 last = (u64)out[2 * ((m - 1) & (CHUNK - 1))] + out[2 * ((m - 1) & (CHUNK - 1)) + 1];
+      u64 w0 = first / 64, w1 = (last - 1) / 64;
+      u64 head = ~0ULL << (first % 64), tail = ~0ULL >> (63 - (last - 1) % 64);
+      if (w0 == w1) migration[w0] &= ~(head & tail);
+      else {
+        migration[w0] &= ~head;
+        migration[w1] &= ~tail;
+        memset(migration + w0 + 1, 0, (w1 - w0 - 1) * 8);
+      }
+    }
     double t3 = now_ms();
     round[it] = t3 - t0; query[it] = t1 - t0; merge[it] = t2 - t1; scan[it] = t3 - t2;
   }

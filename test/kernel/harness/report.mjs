@@ -198,6 +198,14 @@ function reportHotReset(dir) {
   }
 }
 
+/** `vfio-iommufd bench ioctl` in the guest (test/kernel/bench-ioctl.test.ts): its table, as the CLI prints it. */
+function reportBenchIoctl(dir) {
+  const text = read(join(dir, 'bench-ioctl.txt'));
+  if (text === undefined) return;
+  say('  bench ioctl (vfio-iommufd bench ioctl, test/kernel/bench-ioctl.test.ts):');
+  for (const line of text.trimEnd().split('\n')) say(`    ${line}`);
+}
+
 const summary = { resultsDir, boots: {} };
 for (const boot of boots) {
   const dir = join(resultsDir, boot);
@@ -225,6 +233,7 @@ for (const boot of boots) {
   if (planned.includes('suite')) reportSuite(boot, dir, st.get('suite'));
   reportMtty(boot, dir);
   reportHotReset(dir);
+  reportBenchIoctl(dir);
   summary.boots[boot] = { qemu, done, panic, steps: Object.fromEntries(st) };
 }
 
