@@ -19,8 +19,19 @@ export interface IovaRange {
 export interface HostMemory {
   readonly address: bigint;
   readonly length: bigint;
-  /** A view of the memory when it is real and addressable from JavaScript. */
+  /**
+   * A view of the memory when it is real and addressable from JavaScript (below 2 GiB); undefined
+   * once released. Valid only until release(): see `view`.
+   */
   readonly bytes: Uint8Array | undefined;
+  /**
+   * A view of [offset, offset + length) (default: to the end), taken per use. Throws
+   * InvalidArgumentError once the memory is released, for a range that does not fit or passes
+   * 2 GiB, or for memory with no bytes. A view is valid until release() only: Node 20 cannot
+   * detach a view of mmap'd memory, so on the Linux kernel touching one after release() is a
+   * SIGSEGV, not an error. Do not keep views across release().
+   */
+  view(offset?: bigint, length?: bigint): Uint8Array;
   /** True once released; a released memory cannot be mapped. */
   readonly released: boolean;
   /** Give the memory back (munmap). Throws if a mapping still uses it. */

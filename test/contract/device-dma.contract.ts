@@ -43,7 +43,7 @@ export function defineDeviceDmaContract(target: ContractTarget): void {
       iommufd.ioasMap({ ioasId: ioas, memory: t.memory(64n * KIB), length: 64n * KIB, iova: GIB, writeable: false });
       expect(sim.dmaWrite(device, GIB, 4n * KIB)).toEqual({ written: 0n, faulted: 4n * KIB });
       expect(sim.dmaWrite(device, 2n * GIB, 4n * KIB)).toEqual({ written: 0n, faulted: 4n * KIB });
-      const bitmap = new Uint8Array(2);
+      const bitmap = new Uint8Array(8); // 16 pages: one u64 word
       iommufd.hwptGetDirtyBitmap({ hwptId: hwpt, iova: GIB, length: 64n * KIB, pageSize: 4n * KIB, bitmap });
       expect(setBitIndexes(bitmap)).toEqual([]);
     });

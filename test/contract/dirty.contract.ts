@@ -11,6 +11,7 @@ import {
   U64_MAX,
   bit,
   countSetBits,
+  expectInvalidArgument,
   expectKernelError,
   setBit,
   setBitIndexes,
@@ -46,14 +47,23 @@ function dirtySetup(t: ContractFixture, length: bigint, options: { hugeIova?: bo
   return { iommufd, ioas, hwpt, mock, memory, iova: MOCK_APERTURE_START, length };
 }
 
-/** A byte bitmap of `bits` bits at `offset` bytes into a larger buffer (the selftest's placements). */
+/**
+ * A bitmap the kernel writes, of `bits` bits at `offset` bytes into a larger buffer (the
+ * selftest's placements): whole u64 words, DIV_ROUND_UP(bits, 64) * 8 bytes (the uAPI's
+ * `__u64 *data`; iova_bitmap sets bits in unsigned longs).
+ */
 function placedBitmap(bits: bigint, offset: number): Uint8Array {
-  const bytes = Number((bits + 7n) / 8n);
+  const bytes = Number((bits + 63n) / 64n) * 8;
   return new Uint8Array(new ArrayBuffer(bytes + offset + 8), offset, bytes);
 }
 
+/** The bits IOMMU_TEST_OP_DIRTY reads: it copies DIV_ROUND_UP(max, BITS_PER_BYTE) bytes. */
+function markBitmap(bits: bigint): Uint8Array {
+  return new Uint8Array(Number((bits + 7n) / 8n));
+}
+
 function markEvery(t: ContractFixture, setup: DirtySetup, stride: number, bits: number): bigint {
-  const marks = placedBitmap(BigInt(bits), 0);
+  const marks = markBitmap(BigInt(bits));
   for (let index = 0; index < bits; index += stride) setBit(marks, index);
   return t.testOps(setup.iommufd).markDirty(setup.hwpt, { iova: setup.iova, length: setup.length, pageSize: PAGE, bitmap: marks });
 }
@@ -86,8 +96,9 @@ export function defineDirtyContract(target: ContractTarget): void {
       ['8k', 8n * KIB], ['16k', 16n * KIB], ['64k', 64n * KIB], ['128k', 128n * KIB],
       ['320k', 320n * KIB], ['64M', 64n * MIB], ['128M', 128n * MIB],
     ];
-    // Aligned, at +MOCK_PAGE_SIZE, and u64-unaligned at +0xff1.
-    const placements: [string, number][] = [['aligned', 0], ['+2048', 2048], ['+0xff1', 0xff1]];
+    // Aligned, at +MOCK_PAGE_SIZE, and across a 4 KiB boundary at +0xff8. The selftest's +0xff1
+    // (off a u64 word) is refused before the ioctl: see below.
+    const placements: [string, number][] = [['aligned', 0], ['+2048', 2048], ['+0xff8', 0xff8]];
     for (const [shape, length] of shapes) {
       it(`read-and-clear reports every marked page once (${shape}, bitmap ${placements.map(([name]) => name).join(', ')})`, () => {
         const setup = dirtySetup(t, length);
@@ -101,6 +112,31 @@ export function defineDirtyContract(target: ContractTarget): void {
           setup.iommufd.hwptGetDirtyBitmap({ hwptId: setup.hwpt, iova: setup.iova, length, pageSize: PAGE, bitmap });
           expect(countSetBits(bitmap, bits)).toBe(0);
         }
+      });
+    }
+
+    // The kernel's rule, not ours: the bitmap is `__u64 *data`, DIV_ROUND_UP(pages, 64) u64 words.
+    for (const validate of [true, false]) {
+      it(`a bitmap ending mid-u64 or off a u64 word is refused before the ioctl (validateArguments: ${validate}); the dirty bits stay`, () => {
+        const setup = dirtySetup(t, 320n * KIB, { validate });
+        const pages = Number(setup.length / PAGE); // 160: two u64 words and a half
+        const words = Math.ceil(pages / 64);
+        markEvery(t, setup, 2, pages);
+        const read = (bitmap: Uint8Array) => () =>
+          setup.iommufd.hwptGetDirtyBitmap({ hwptId: setup.hwpt, iova: setup.iova, length: setup.length, pageSize: PAGE, bitmap });
+        const room = new ArrayBuffer(0x1000 + words * 8 + 8);
+        const refused = [
+          new Uint8Array(room, 0, Math.ceil(pages / 8)), // whole bytes (20) but not whole words (24)
+          new Uint8Array(room, 0, words * 8 - 1),
+          new Uint8Array(room, 0xff1, words * 8), // the selftest's u64-unaligned placement
+          new Uint8Array(room, 4, words * 8),
+        ];
+        for (const bitmap of refused) expectInvalidArgument(read(bitmap), /bitmap/);
+        expect(new Uint8Array(room).every((byte) => byte === 0)).toBe(true);
+        // Nothing was read and cleared: a bitmap of whole words sees every marked page.
+        const bitmap = new Uint8Array(room, 0, words * 8);
+        read(bitmap)();
+        expect(setBitIndexes(bitmap, pages)).toEqual(Array.from({ length: pages / 2 }, (_, index) => 2 * index));
       });
     }
 
@@ -134,7 +170,7 @@ export function defineDirtyContract(target: ContractTarget): void {
 
     it('the bitmap is at the caller\'s page size: one 4 KiB bit covers two mock pages, one 16 KiB bit eight', () => {
       const setup = dirtySetup(t, 64n * KIB);
-      const marks = placedBitmap(32n, 0);
+      const marks = markBitmap(32n);
       for (const page of [0, 3, 17]) setBit(marks, page);
       const ops = t.testOps(setup.iommufd);
       ops.markDirty(setup.hwpt, { iova: setup.iova, length: setup.length, pageSize: PAGE, bitmap: marks });
@@ -157,7 +193,7 @@ export function defineDirtyContract(target: ContractTarget): void {
 
     it('IOMMU_TEST_OP_DIRTY counts only pages that are mapped', () => {
       const setup = dirtySetup(t, 16n * KIB);
-      const marks = placedBitmap(16n, 0);
+      const marks = markBitmap(16n);
       for (const page of [0, 7, 8, 15]) setBit(marks, page);
       const marked = t.testOps(setup.iommufd).markDirty(setup.hwpt, { iova: setup.iova, length: 32n * KIB, pageSize: PAGE, bitmap: marks });
       expect(marked).toBe(2n);
@@ -165,7 +201,7 @@ export function defineDirtyContract(target: ContractTarget): void {
 
     it('IOMMU_TEST_OP_DIRTY at another page size looks the page up at iova / page_size in its 2 KiB-indexed table (a selftest quirk)', () => {
       const setup = dirtySetup(t, 64n * KIB);
-      const marks = placedBitmap(16n, 0);
+      const marks = markBitmap(16n);
       marks.fill(0xff);
       // At 4 KiB the mock looks at IOVA (iova / 4096 + i) * 2048, about 8 MiB: nothing is mapped there.
       expect(t.testOps(setup.iommufd).markDirty(setup.hwpt, { iova: setup.iova, length: setup.length, pageSize: 4n * KIB, bitmap: marks })).toBe(0n);
@@ -259,10 +295,10 @@ export function defineDirtyContract(target: ContractTarget): void {
       const memory = t.memory(length, (size) => t.sim.kernel.allocateHostMemory(size, { pageSize: 2n * MIB }));
       const setup = dirtySetup(t, length, { hugeIova: true, memory });
       const bits = Number(length / PAGE);
-      const marks = placedBitmap(BigInt(bits), 0);
+      const marks = markBitmap(BigInt(bits));
       setBit(marks, 600); // a page of the second 1 MiB IOPTE
       expect(t.testOps(setup.iommufd).markDirty(setup.hwpt, { iova: setup.iova, length, pageSize: PAGE, bitmap: marks })).toBe(1n);
-      const bitmap = placedBitmap(BigInt(bits), 0xff1);
+      const bitmap = placedBitmap(BigInt(bits), 0xff8);
       setup.iommufd.hwptGetDirtyBitmap({ hwptId: setup.hwpt, iova: setup.iova, length, pageSize: PAGE, bitmap });
       const perIopte = Number(MOCK_HUGE_PAGE_SIZE / PAGE);
       expect(setBitIndexes(bitmap, bits)).toEqual(Array.from({ length: perIopte }, (_, index) => perIopte + index));

@@ -8,7 +8,7 @@ import {
   VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
 } from '../../src/uapi/index.js';
 import type { DeviceHandle, DmaLoggingRange } from '../../src/kernel/types.js';
-import { ContractFixture, KIB, MIB, U64_MAX, expectKernelError, setBit, setBitIndexes, simOnly, type ContractTarget } from './context.js';
+import { ContractFixture, KIB, MIB, U64_MAX, expectInvalidArgument, expectKernelError, setBit, setBitIndexes, simOnly, type ContractTarget } from './context.js';
 
 const REASON = '[sim only: no device with DMA logging in the guest]';
 
@@ -122,6 +122,27 @@ export function defineDmaLoggingContract(target: ContractTarget): void {
       expectKernelError(() => device.dmaLoggingReport({ iova: 0n, length: MIB, pageSize: 12n * KIB, bitmap }), 'VFIO_DEVICE_FEATURE', 'EINVAL');
       expectKernelError(() => device.dmaLoggingReport({ iova: U64_MAX - 4n * KIB + 1n, length: 8n * KIB, pageSize: 4n * KIB, bitmap }), 'VFIO_DEVICE_FEATURE', 'EOVERFLOW');
       device.dmaLoggingStop();
+    });
+
+    simIt(`REPORT refuses a bitmap ending mid-u64 or off a u64 word, and a zero length, before the ioctl, with or without argument checks; the log keeps its pages ${REASON}`, () => {
+      for (const validateArguments of [true, false]) {
+        const device = logging(undefined, { validateArguments });
+        device.dmaLoggingStart(4n * KIB, [{ iova: 0n, length: MIB }]);
+        t.sim.kernel.dmaWrite(device, 0n, 4n * KIB);
+        t.sim.kernel.dmaWrite(device, 255n * 4n * KIB, 4n * KIB);
+        // 256 pages: DIV_ROUND_UP(256, 64) = 4 u64 words, 32 bytes.
+        const room = new ArrayBuffer(64);
+        const report = (bitmap: Uint8Array, length = MIB) => () => device.dmaLoggingReport({ iova: 0n, length, pageSize: 4n * KIB, bitmap });
+        for (const bitmap of [new Uint8Array(room, 0, 31), new Uint8Array(room, 1, 32), new Uint8Array(room, 4, 32)]) expectInvalidArgument(report(bitmap), /bitmap/);
+        // iova_bitmap over a zero length spans all of IOVA, and the VFIO core does not refuse it.
+        expectInvalidArgument(report(new Uint8Array(room, 0, 32), 0n), /length/);
+        expect(new Uint8Array(room).every((byte) => byte === 0)).toBe(true);
+        const bitmap = new Uint8Array(room, 0, 32);
+        report(bitmap)();
+        expect(setBitIndexes(bitmap)).toEqual([0, 255]);
+        device.dmaLoggingStop();
+        device.close();
+      }
     });
 
     simIt(`closing the device stops its DMA log ${REASON}`, () => {

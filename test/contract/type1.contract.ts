@@ -127,6 +127,29 @@ export function defineType1Contract(target: ContractTarget): void {
       container.dirtyPagesStop();
     });
 
+    for (const validate of [true, false]) {
+      it(`GET_BITMAP and UNMAP_DMA refuse a bitmap ending mid-u64 or off a u64 word before the ioctl (validateArguments: ${validate}); the mapping stays`, () => {
+        const { container } = type1(VFIO_TYPE1v2_IOMMU, t.env.plainGroupId, { validateArguments: validate });
+        const memory = t.memory(320n * KIB);
+        container.mapDma({ memory, iova: MIB, size: 320n * KIB });
+        container.dirtyPagesStart();
+        // type1's DIRTY_BITMAP_BYTES(80 pages) = ALIGN(80, 64) / 8 = 16 bytes, copied as u64 words.
+        const pages = 80;
+        const bytes = Math.ceil(pages / 64) * 8;
+        const room = new ArrayBuffer(bytes + 16);
+        const refused = [new Uint8Array(room, 0, Math.ceil(pages / 8)), new Uint8Array(room, 0, bytes - 1), new Uint8Array(room, 1, bytes), new Uint8Array(room, 4, bytes)];
+        for (const bitmap of refused) {
+          expectInvalidArgument(() => container.dirtyPagesGetBitmap({ iova: MIB, length: 320n * KIB, pageSize: PAGE, bitmap }), /bitmap/);
+          expectInvalidArgument(() => container.unmapDma(MIB, 320n * KIB, { pageSize: PAGE, bitmap }), /bitmap/);
+        }
+        expect(new Uint8Array(room).every((byte) => byte === 0)).toBe(true);
+        const bitmap = new Uint8Array(room, 0, bytes);
+        expect(container.unmapDma(MIB, 320n * KIB, { pageSize: PAGE, bitmap })).toBe(320n * KIB);
+        expect(countSetBits(bitmap, pages)).toBe(pages);
+        container.dirtyPagesStop();
+      });
+    }
+
     it('type1 v1 has no dirty page tracking: DIRTY_PAGES fails with EACCES', () => {
       const { container } = type1(VFIO_TYPE1_IOMMU);
       expectKernelError(() => container.dirtyPagesStart(), 'VFIO_IOMMU_DIRTY_PAGES', 'EACCES');

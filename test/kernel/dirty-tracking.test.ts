@@ -2,13 +2,14 @@
 // allocated with DIRTY_TRACKING, pages marked with IOMMU_TEST_OP_DIRTY (the ground truth), and
 // IOMMU_HWPT_GET_DIRTY_BITMAP returning exactly those pages: read-and-clear, then NO_CLEAR, on
 // the bitmap shapes of the kernel selftest's iommufd_dirty_tracking fixture (8k .. 128M of IOVA
-// at MOCK_IO_PAGE_SIZE = 2048) and at unaligned bitmap addresses. And the mock without dirty
+// at MOCK_IO_PAGE_SIZE = 2048) and at bitmap addresses across a page; the selftest's u64-unaligned
+// placement, and bitmaps ending mid-u64, refused before the ioctl. And the mock without dirty
 // tracking: EINVAL on a dirty HWPT, EOPNOTSUPP for a dirty HWPT of its own.
 import { afterAll, describe, expect, it } from 'vitest';
 import type { DeviceHandle, HostMemory, IommufdHandle } from '../../src/kernel/types.js';
 import * as uapi from '../../src/uapi/index.js';
 import { onVirtioIommu } from './harness/guest-env.js';
-import { expectKernelError, flushCoverage, kernel, MiB, perTestCleanup, setBit, setBits } from './support/kernel.js';
+import { expectKernelError, expectRefused, flushCoverage, kernel, MiB, perTestCleanup, setBit, setBits } from './support/kernel.js';
 
 const MOCK_PAGE = uapi.MOCK_IO_PAGE_SIZE;
 const START = uapi.MOCK_APERTURE_START;
@@ -25,8 +26,8 @@ interface Fixture {
 }
 
 /** The selftest's fixture: an IOAS with `size` bytes mapped at the aperture start, a mock on a dirty HWPT, tracking on. */
-function fixture(size: bigint): Fixture {
-  const fd = track(kernel().openIommufd());
+function fixture(size: bigint, options?: { validateArguments?: boolean }): Fixture {
+  const fd = track(kernel().openIommufd(options));
   const ioas = fd.ioasAlloc();
   const buffer = kernel().allocateHostMemory(size);
   keep(buffer);
@@ -38,8 +39,13 @@ function fixture(size: bigint): Fixture {
   return { fd, ioas, mock, hwpt };
 }
 
-/** Bytes the kernel may touch for `bits` bits: the library's bound (whole bytes). */
-const bytesFor = (bits: number) => Math.ceil(bits / 8);
+/**
+ * Bytes the kernel may touch for `bits` bits: the uAPI's `__u64 *data`, DIV_ROUND_UP(bits, 64)
+ * u64 words (iova_bitmap sets bits with bitmap_set on the unsigned longs of the pinned pages).
+ */
+const bytesFor = (bits: number) => Math.ceil(bits / 64) * 8;
+/** What IOMMU_TEST_OP_DIRTY reads of its marks: copy_from_user of DIV_ROUND_UP(max, BITS_PER_BYTE). */
+const markBytes = (bits: number) => Math.ceil(bits / 8);
 
 /**
  * The selftest's check: mark every other mock page dirty, read the bitmap (exactly those bits,
@@ -47,7 +53,7 @@ const bytesFor = (bits: number) => Math.ceil(bits / 8);
  */
 function checkShape(f: Fixture, size: bigint, view: Uint8Array, guard: { buffer: Uint8Array; from: number; to: number }, noClear: boolean): void {
   const bits = Number(size / MOCK_PAGE);
-  const marks = new Uint8Array(bytesFor(bits));
+  const marks = new Uint8Array(markBytes(bits));
   for (let i = 0; i < bits; i += 2) setBit(marks, i);
   const marked = f.fd.test!.markDirty(f.hwpt, { iova: START, length: size, pageSize: MOCK_PAGE, bitmap: marks });
   expect(marked).toBe(BigInt(Math.ceil(bits / 2)));
@@ -84,11 +90,12 @@ const SHAPES: [name: string, size: bigint][] = [
   ['64M: a 4 KiB bitmap', 64n * MiB],
   ['128M: an 8 KiB bitmap', 128n * MiB],
 ];
-// Where the bitmap starts inside a larger buffer: aligned, at +MOCK_PAGE_SIZE, u64-unaligned.
+// Where the bitmap starts inside a larger buffer: aligned, at +MOCK_PAGE_SIZE, across a 4 KiB
+// page at +0xff8. The selftest's +0xff1 is off a u64 word: refused (below).
 const OFFSETS: [name: string, offset: number][] = [
   ['aligned', 0],
   ['+MOCK_PAGE_SIZE', Number(MOCK_PAGE)],
-  ['+0xff1 (u64-unaligned)', 0xff1],
+  ['+0xff8 (across a page)', 0xff8],
 ];
 
 describe.runIf(onVirtioIommu)('dirty tracking on a mock device: GET_DIRTY_BITMAP returns exactly the marked pages', () => {
@@ -111,6 +118,24 @@ describe.runIf(onVirtioIommu)('dirty tracking on a mock device: GET_DIRTY_BITMAP
 });
 
 describe.runIf(onVirtioIommu)('dirty tracking on a mock device: the rules', () => {
+  it.each([true, false])('a bitmap ending mid-u64 or off a u64 word is refused before the ioctl (validateArguments: %s); the marks stay', (validateArguments) => {
+    const f = fixture(320n * 1024n, { validateArguments });
+    const bits = Number((320n * 1024n) / MOCK_PAGE); // 160: two u64 words and a half
+    const marks = new Uint8Array(markBytes(bits));
+    for (let i = 0; i < bits; i += 2) setBit(marks, i);
+    expect(f.fd.test!.markDirty(f.hwpt, { iova: START, length: 320n * 1024n, pageSize: MOCK_PAGE, bitmap: marks })).toBe(80n);
+    const words = Math.ceil(bits / 64); // the kernel's rule: DIV_ROUND_UP(160, 64) = 3 words, 24 bytes
+    const room = new ArrayBuffer(0x1000 + words * 8 + 8);
+    const refused = [new Uint8Array(room, 0, Math.ceil(bits / 8)), new Uint8Array(room, 0, words * 8 - 1), new Uint8Array(room, 0xff1, words * 8)];
+    for (const bitmap of refused) {
+      expectRefused(() => f.fd.hwptGetDirtyBitmap({ hwptId: f.hwpt, iova: START, length: 320n * 1024n, pageSize: MOCK_PAGE, bitmap }), 'dirty bitmap.bitmap');
+    }
+    expect(new Uint8Array(room).every((byte) => byte === 0)).toBe(true);
+    const bitmap = new Uint8Array(room, 0, words * 8);
+    f.fd.hwptGetDirtyBitmap({ hwptId: f.hwpt, iova: START, length: 320n * 1024n, pageSize: MOCK_PAGE, bitmap });
+    expect(setBits(bitmap, bits)).toEqual(Array.from({ length: 80 }, (_, i) => 2 * i));
+  });
+
   it('reads at a larger page size fold mock pages together; reads never report unmarked pages', () => {
     const f = fixture(64n * 1024n);
     const marks = new Uint8Array(4);

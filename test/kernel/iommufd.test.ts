@@ -350,11 +350,16 @@ describe.runIf(onVirtioIommu)('iommufd: misaligned and overflowing requests', ()
         else expectKernelError(() => fd.hwptGetDirtyBitmap(bad), 'IOMMU_HWPT_GET_DIRTY_BITMAP', code);
       }
       if (fd === strict) {
-        // Only the library can refuse these: a page size that is no power of two passes the
+        // Only the library can refuse this: a page size that is no power of two passes the
         // kernel's alignment checks (it masks with page_size - 1) and is then taken as
-        // 1 << __ffs(page_size); a bitmap too small for the range would be written past its end.
+        // 1 << __ffs(page_size).
         expectRefused(() => fd.hwptGetDirtyBitmap({ ...request, pageSize: 3072n }), 'dirty bitmap.pageSize');
-        expectRefused(() => fd.hwptGetDirtyBitmap({ ...request, bitmap: new Uint8Array(2) }), 'dirty bitmap.bitmap');
+      }
+      // Refused even unchecked: the kernel would write past the bitmap. 32 pages are
+      // DIV_ROUND_UP(32, 64) = 1 u64 word; whole bytes (4) end mid-word, and a bitmap off a u64
+      // word has its first and last words shared with memory the library does not hand over.
+      for (const short of [new Uint8Array(2), new Uint8Array(4), new Uint8Array(new ArrayBuffer(16), 4, 8)]) {
+        expectRefused(() => fd.hwptGetDirtyBitmap({ ...request, bitmap: short }), 'dirty bitmap.bitmap');
       }
     }
   });

@@ -22,6 +22,7 @@ export class RecordingSyscalls implements Syscalls {
   private nextFd = 100;
   private nextAddress = 0x7f00_0000_0000n;
   private readonly views = new Map<bigint, Uint8Array>();
+  private readonly bases = new WeakMap<ArrayBufferLike, bigint>();
 
   open(path: string): number {
     this.opened.push(path);
@@ -50,10 +51,16 @@ export class RecordingSyscalls implements Syscalls {
     return this.lastErrno;
   }
 
+  /** As V8 places them: each ArrayBuffer's store on a page of its own, a view at its byteOffset in it. */
   address(view: Uint8Array): bigint {
     for (const [address, known] of this.views) if (known === view) return address;
-    const address = this.nextAddress;
-    this.nextAddress += BigInt(view.byteLength + 4096);
+    let base = this.bases.get(view.buffer);
+    if (base === undefined) {
+      base = this.nextAddress;
+      this.nextAddress += ((BigInt(view.buffer.byteLength) + 4095n) / 4096n + 1n) * 4096n;
+      this.bases.set(view.buffer, base);
+    }
+    const address = base + BigInt(view.byteOffset);
     this.views.set(address, view);
     return address;
   }

@@ -66,7 +66,10 @@ describe('argument validation happens before any ioctl', () => {
     ['misaligned length', (i) => i.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length: 0x1800n, pageSize: 0x1000n, bitmap }), /not aligned/],
     ['page size not a power of two', (i) => i.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length: 0x3000n, pageSize: 0x3000n, bitmap }), /power of two/],
     ['page size zero', (i) => i.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length: 0x3000n, pageSize: 0n, bitmap }), /power of two/],
-    ['bitmap too small', (i) => i.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length: 65n * 0x1000n, pageSize: 0x1000n, bitmap }), /65 pages need 9/],
+    // The kernel's rule: DIV_ROUND_UP(pages, 64) u64 words. 65 pages need 16 bytes, 33 need 8.
+    ['bitmap too small', (i) => i.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length: 65n * 0x1000n, pageSize: 0x1000n, bitmap }), /65 pages need 16/],
+    ['bitmap of whole bytes ending mid-u64', (i) => i.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length: 33n * 0x1000n, pageSize: 0x1000n, bitmap: bitmap.subarray(0, 5) }), /33 pages need 8/],
+    ['bitmap off a u64 word', (i) => i.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length: 33n * 0x1000n, pageSize: 0x1000n, bitmap: new Uint8Array(new ArrayBuffer(16), 4, 8) }), /not on a u64 word/],
     ['range overflowing 2^64', (i) => i.ioasUnmap(1, (1n << 64n) - 0x1000n, 0x2000n), /overflows past 2\^64/],
     ['zero length', (i) => i.ioasUnmap(1, 0n, 0n), /must not be zero/],
     ['negative iova', (i) => i.ioasUnmap(1, -1n, 0x1000n), /from 0 to 2\^64-1/],
@@ -88,6 +91,42 @@ describe('argument validation happens before any ioctl', () => {
     const { sys, iommufd } = recordingIommufd({ validateArguments: false });
     expect(() => iommufd.ioasUnmap(1, (1n << 64n) - 0x1000n, 0x2000n)).toThrow(KernelError);
     expect(sys.ioctls).toHaveLength(1);
+  });
+
+  it('with validation off, a bitmap the kernel would write past never reaches it; what the kernel refuses first does', () => {
+    const sys = new RecordingSyscalls();
+    const off = { validateArguments: false };
+    const iommufd = new LinuxIommufd(sys, off);
+    const device = new LinuxDevice(sys, 'dev0', 'cdev', 7, off);
+    const container = new LinuxLegacyContainer(sys, off);
+    // 65 pages are DIV_ROUND_UP(65, 64) = 2 u64 words: 16 bytes (iova_bitmap's and type1's count).
+    const short = new Uint8Array(9);
+    const unaligned = new Uint8Array(new ArrayBuffer(32), 4, 16);
+    const length = 65n * 0x1000n;
+    for (const bitmap of [short, unaligned]) {
+      expect(() => iommufd.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length, pageSize: 0x1000n, bitmap })).toThrow(InvalidArgumentError);
+      expect(() => device.dmaLoggingReport({ iova: 0n, length, pageSize: 0x1000n, bitmap })).toThrow(InvalidArgumentError);
+      expect(() => container.dirtyPagesGetBitmap({ iova: 0n, length, pageSize: 0x1000n, bitmap })).toThrow(InvalidArgumentError);
+      expect(() => container.unmapDma(0n, length, { pageSize: 0x1000n, bitmap })).toThrow(InvalidArgumentError);
+    }
+    // A page size not a power of two counts a bit per 1 << __ffs(page_size) bytes: at 0x3000, 65
+    // pages are 195 bits of 4 KiB, 4 u64 words, though 65 bits would fit in 16 bytes.
+    expect(() => iommufd.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length: 65n * 0x3000n, pageSize: 0x3000n, bitmap: new Uint8Array(24) })).toThrow(/kernel writes 32/);
+    // iova_bitmap over a zero length spans all of IOVA, and the VFIO core's REPORT does not refuse it.
+    expect(() => device.dmaLoggingReport({ iova: 0n, length: 0n, pageSize: 0x1000n, bitmap: new Uint8Array(8) })).toThrow(InvalidArgumentError);
+    expect(sys.ioctls).toHaveLength(0);
+    // iommufd_check_iova_range refuses a zero length or page size before the bitmap; type1 is told a
+    // zero bitmap size, which verify_bitmap_size refuses.
+    expect(() => iommufd.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length: 0n, pageSize: 0x1000n, bitmap: short })).toThrow(KernelError);
+    expect(() => iommufd.hwptGetDirtyBitmap({ hwptId: 1, iova: 0n, length, pageSize: 0n, bitmap: short })).toThrow(KernelError);
+    expect(() => container.dirtyPagesGetBitmap({ iova: 0n, length, pageSize: 0n, bitmap: short })).toThrow(KernelError);
+    const told = sys.ioctls[sys.ioctls.length - 1]!.sent as Uint8Array;
+    expect(uapi.vfio_iommu_type1_dirty_bitmap_get.readBigint(told, 'bitmap.size', uapi.vfio_iommu_type1_dirty_bitmap.size)).toBe(0n);
+    expect(sys.ioctls).toHaveLength(3);
+    // A good request tells type1 the kernel's DIRTY_BITMAP_BYTES(65) = 16.
+    expect(() => container.dirtyPagesGetBitmap({ iova: 0n, length, pageSize: 0x1000n, bitmap: new Uint8Array(16) })).toThrow(KernelError);
+    const good = sys.ioctls[sys.ioctls.length - 1]!.sent as Uint8Array;
+    expect(uapi.vfio_iommu_type1_dirty_bitmap_get.readBigint(good, 'bitmap.size', uapi.vfio_iommu_type1_dirty_bitmap.size)).toBe(16n);
   });
 
   it('rejects mapping memory beyond its length, or released memory', () => {
@@ -233,7 +272,7 @@ describe('pointer safety', () => {
     sys.handlers.set(uapi.IOMMU_GET_HW_INFO, holds('data_uptr', uapi.iommu_hw_info));
     sys.handlers.set(uapi.IOMMU_HWPT_ALLOC, holds('data_uptr', uapi.iommu_hwpt_alloc));
     sys.handlers.set(uapi.IOMMU_IOAS_ALLOW_IOVAS, holds('allowed_iovas', uapi.iommu_ioas_allow_iovas));
-    const bitmap = new Uint8Array(new ArrayBuffer(64), 3, 8); // unaligned, as the selftest does
+    const bitmap = new Uint8Array(new ArrayBuffer(64), 8, 8); // off the buffer's start, on a u64 word
     iommufd.hwptGetDirtyBitmap({ hwptId: 2, iova: 0n, length: 64n * 4096n, pageSize: 4096n, bitmap });
     iommufd.getHwInfo(1);
     iommufd.hwptAlloc({ devId: 1, ptId: 2, data: new Uint8Array([1, 2, 3, 4]) });
@@ -255,7 +294,7 @@ describe('pointer safety', () => {
       return 0;
     });
     expect(device.dmaLoggingStart(0x1000n, [{ iova: 0n, length: 0x1000n }, { iova: 0x10000n, length: 0x2000n }])).toBe(0x10000n);
-    const report = new Uint8Array(1);
+    const report = new Uint8Array(8); // 8 pages: one u64 word
     device.dmaLoggingReport({ iova: 0n, length: 0x8000n, pageSize: 0x1000n, bitmap: report });
     expect(report[0]).toBe(0x81);
   });

@@ -30,7 +30,7 @@ describe('argument checks at the public surface', () => {
   });
 
   it('simulatedKernel refuses a misspelt option and a devices value that is not an array', () => {
-    expect(() => simulatedKernel({ device: [] } as never)).toThrow(/unknown option device \(known: devices, iommufdTest, hostPageSize\)/);
+    expect(() => simulatedKernel({ device: [] } as never)).toThrow(/unknown option device \(known: devices, iommufdTest, hostPageSize, systemPageSize\)/);
     expect(() => simulatedKernel({ devices: 'nic0' } as never)).toThrow(InvalidArgumentError);
     expect(() => simulatedKernel({ devices: 'nic0' } as never)).toThrow(/devices: must be an array/);
     expect(() => simulatedKernel({ hostPageSize: 4096 } as never)).toThrow(/hostPageSize: must be a bigint/);

@@ -337,3 +337,36 @@ describe('devices, groups and DMA', () => {
     kernel.assertClean();
   });
 });
+
+describe('DMA_LOGGING_START range limit follows the kernel page size', () => {
+  // LOG_MAX_RANGES = PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range), which is
+  // two __aligned_u64 in linux/vfio.h: 16 bytes (gcc-checked against the header in test/uapi).
+  const SIZEOF_DMA_LOGGING_RANGE = 16;
+  for (const page of [4096, 65536]) {
+    it(`with ${page / 1024} KiB pages: ${page / SIZEOF_DMA_LOGGING_RANGE} ranges pass, one more is refused (E2BIG unchecked)`, () => {
+      const limit = page / SIZEOF_DMA_LOGGING_RANGE;
+      const kernel = simulatedKernel({
+        systemPageSize: BigInt(page),
+        devices: [{ name: 'gpu0', dmaLogging: { maxRanges: 1 << 20, tooManyRanges: 'reject' } }],
+      });
+      expect(kernel.systemPageSize).toBe(BigInt(page));
+      const ranges = (count: number) => Array.from({ length: count }, (_, index) => ({ iova: BigInt(index) * 64n * KIB, length: 4n * KIB }));
+      const checked = kernel.openDevice('gpu0');
+      expectInvalidArgument(() => checked.dmaLoggingStart(4n * KIB, ranges(limit + 1)), 'ranges');
+      checked.close();
+      const iommufd = kernel.openIommufd();
+      const device = kernel.openDevice('gpu0', { validateArguments: false });
+      device.bindIommufd(iommufd);
+      expectKernelError(() => device.dmaLoggingStart(4n * KIB, ranges(limit + 1)), 'VFIO_DEVICE_FEATURE', 'E2BIG');
+      device.dmaLoggingStart(4n * KIB, ranges(limit));
+      device.dmaLoggingStop();
+      device.close();
+      iommufd.close();
+      kernel.assertClean();
+    });
+  }
+
+  it('refuses a PAGE_SIZE Linux does not build with', () => {
+    expect(() => simulatedKernel({ systemPageSize: 8192n })).toThrow(InvalidArgumentError);
+  });
+});

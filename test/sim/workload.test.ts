@@ -148,7 +148,7 @@ describe('guest workload', () => {
     const g = guest();
     const workload = guestWorkload(g.kernel, { ranges: [{ iova: GIB, length: GUEST }], devices: [g.nic], seed: 2, dirtyRate: 50 });
     workload.advance(1);
-    const coarse = new Uint8Array(4);
+    const coarse = new Uint8Array(Number((GUEST / (2n * MIB) + 63n) / 64n) * 8); // whole u64 words
     g.iommufd.hwptGetDirtyBitmap({ hwptId: g.hwpt, iova: GIB, length: GUEST, pageSize: 2n * MIB, bitmap: coarse });
     const result = workload.compare(coarse, GIB, 2n * MIB);
     expect(result.lost).toBe(0);

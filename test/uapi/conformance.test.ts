@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { UAPI_TABLE, VFIO_MIGRATION_CONSTANTS } from '../../src/uapi/index.js';
+import { UAPI_TABLE, VFIO_MIGRATION_CONSTANTS, dmaLoggingMaxRanges } from '../../src/uapi/index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const inCi = process.env.CI === 'true';
@@ -104,5 +104,21 @@ describe('UAPI_TABLE against the Linux 6.12 headers', () => {
     expect(ioctls).toBeGreaterThan(40);
     expect(fields).toBeGreaterThan(200);
     expect(constants).toBe(Object.keys(VFIO_MIGRATION_CONSTANTS).length);
+  });
+
+  it.skipIf(!checkable && !inCi)('dmaLoggingMaxRanges is LOG_MAX_RANGES (PAGE_SIZE / sizeof the range struct) at 4, 16 and 64 KiB pages', () => {
+    expect(include, 'kernel headers (test/uapi/kernel-headers.sh)').toBeDefined();
+    const dir = mkdtempSync(join(tmpdir(), 'uapi-'));
+    const pages = [4096, 16384, 65536];
+    // drivers/vfio/vfio_main.c: #define LOG_MAX_RANGES (PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range))
+    writeFileSync(join(dir, 'ranges.c'), [
+      '#include <stdio.h>', '#include <linux/types.h>', '#include <linux/vfio.h>', 'int main(void) {',
+      ...pages.map((page) => `  printf("%lu\\n", (unsigned long)(${page}UL / sizeof(struct vfio_device_feature_dma_logging_range)));`),
+      '  return 0;', '}',
+    ].join('\n'));
+    execFileSync('gcc', ['-std=gnu11', '-Wall', '-Werror', '-I', include!, '-o', join(dir, 'ranges'), join(dir, 'ranges.c')], { stdio: 'pipe' });
+    const fromHeader = execFileSync(join(dir, 'ranges'), { encoding: 'utf8' }).trim().split('\n').map(Number);
+    expect(pages.map((page) => dmaLoggingMaxRanges(page))).toEqual(fromHeader);
+    expect(fromHeader[2]).toBe(4096);
   });
 });

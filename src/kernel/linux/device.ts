@@ -3,7 +3,7 @@ import { InvalidArgumentError, isKernelError } from '../errors.js';
 import type {
   DeviceHandle, DeviceInfo, DirtyBitmapRequest, DmaLoggingRange, IommufdHandle, KernelOptions, MigrationDataHandle, PciHotResetInfo, RegionInfo,
 } from '../types.js';
-import { checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64 } from '../validate.js';
+import { checkBitmapHeld, checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64 } from '../validate.js';
 import { KernelAnswerError } from './errors.js';
 import { IoctlIssuer, structBytes } from './ioctl.js';
 import type { Syscalls } from './libc.js';
@@ -186,12 +186,14 @@ export class LinuxDevice implements DeviceHandle {
 
   dmaLoggingReport(request: DirtyBitmapRequest): void {
     if (this.validate) checkBitmapRequest('report', request);
+    // The VFIO core refuses a page size below 4 KiB before the bitmap, but not a zero length.
+    checkBitmapHeld('report', request, false);
     const header = vfio_device_feature.size;
     const s = structBytes(header + vfio_device_feature_dma_logging_report.size);
     const pointers = this.io.pointers();
     vfio_device_feature.write(s, { argsz: s.byteLength, flags: uapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT | uapi.VFIO_DEVICE_FEATURE_GET });
     vfio_device_feature_dma_logging_report.write(s, {
-      iova: request.iova, length: request.length, page_size: request.pageSize, bitmap: pointers.pointer(request.bitmap),
+      iova: request.iova, length: request.length, page_size: request.pageSize, bitmap: pointers.wordPointer('report.bitmap', request.bitmap),
     }, header);
     this.call('VFIO_DEVICE_FEATURE', uapi.VFIO_DEVICE_FEATURE, s, {
       feature: 'DMA_LOGGING_REPORT', iova: request.iova, length: request.length, page_size: request.pageSize,

@@ -1,4 +1,4 @@
-import { KernelError, type KernelObjects } from '../errors.js';
+import { InvalidArgumentError, KernelError, type KernelObjects } from '../errors.js';
 import type { IoctlArgument, Syscalls } from './libc.js';
 
 /** Zeroed bytes in an ArrayBuffer of their own (off the V8 heap: their address cannot move). */
@@ -49,5 +49,18 @@ export class PointerSet {
     if (!view || view.byteLength === 0) return 0n;
     this.held.push(view);
     return this.sys.address(view);
+  }
+
+  /**
+   * The address of a dirty bitmap (`__u64 *` in the uAPI): refused unless it is on a u64 word,
+   * whatever its byteOffset says (the common checks see only the offset into the buffer).
+   */
+  wordPointer(argument: string, view: Uint8Array): bigint {
+    const address = this.pointer(view);
+    if (address % 8n !== 0n) {
+      this.held.pop();
+      throw new InvalidArgumentError(argument, `is at 0x${address.toString(16)}, not on a u64 word (8 bytes)`);
+    }
+    return address;
   }
 }

@@ -12,7 +12,7 @@ import type {
   IovaRange,
   KernelOptions,
 } from '../types.js';
-import { checkBitmapRequest, checkLength, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
+import { checkBitmapHeld, checkBitmapRequest, checkLength, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
 import { IoctlIssuer, structBytes } from './ioctl.js';
 import { O_CLOEXEC, O_RDWR, type Syscalls } from './libc.js';
 import { checkMemoryRange, MappingReferences } from './memory.js';
@@ -257,11 +257,13 @@ export class LinuxIommufd implements IommufdHandle {
       checkU32('hwptId', request.hwptId);
       checkBitmapRequest('dirty bitmap', request);
     }
+    // iommufd_check_iova_range refuses a zero length or page size before the bitmap is touched.
+    checkBitmapHeld('dirty bitmap', request, true);
     const pointers = this.io.pointers();
     const s = iommu_hwpt_get_dirty_bitmap.encode({
       size: iommu_hwpt_get_dirty_bitmap.size, hwpt_id: request.hwptId,
       flags: request.noClear ? uapi.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR : 0,
-      iova: request.iova, length: request.length, page_size: request.pageSize, data: pointers.pointer(request.bitmap),
+      iova: request.iova, length: request.length, page_size: request.pageSize, data: pointers.wordPointer('dirty bitmap.bitmap', request.bitmap),
     });
     this.issue('IOMMU_HWPT_GET_DIRTY_BITMAP', uapi.IOMMU_HWPT_GET_DIRTY_BITMAP, s, {
       hwpt_id: request.hwptId, iova: request.iova, length: request.length, page_size: request.pageSize,
@@ -319,7 +321,7 @@ class LinuxIommufdTestOps implements IommufdTestOps {
 
   markDirty(hwptId: number, request: DirtyBitmapRequest): bigint {
     checkU32('hwptId', hwptId);
-    checkBitmapRequest('dirty', request);
+    checkBitmapRequest('dirty', request, true); // the mock only reads the bitmap, as bytes
     const pointers = this.io.pointers();
     const uptr = pointers.pointer(request.bitmap);
     const s = this.command(uapi.IOMMU_TEST_OP_DIRTY, hwptId, (b) => iommu_test_cmd.write(b, {

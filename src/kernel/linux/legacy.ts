@@ -2,7 +2,7 @@ import * as uapi from '../../uapi/index.js';
 import { InvalidArgumentError } from '../errors.js';
 import { KernelAnswerError } from './errors.js';
 import type { DeviceHandle, DirtyBitmapRequest, GroupHandle, IovaRange, KernelOptions, LegacyContainerHandle, Type1Info, Type1MapRequest } from '../types.js';
-import { checkBitmapRequest, checkRange, checkU32, checkU64 } from '../validate.js';
+import { checkBitmapHeld, checkBitmapRequest, checkRange, kernelBitmapBytes, checkU32, checkU64 } from '../validate.js';
 import { LinuxDevice } from './device.js';
 import { IoctlIssuer, structBytes } from './ioctl.js';
 import { O_CLOEXEC, O_RDWR, type Syscalls } from './libc.js';
@@ -124,6 +124,8 @@ export class LinuxLegacyContainer implements LegacyContainerHandle {
       checkRange('unmap', iova, size);
       if (dirtyBitmap) checkBitmapRequest('unmap dirty bitmap', { iova, length: size, ...dirtyBitmap });
     }
+    // verify_bitmap_size refuses a zero size or page size (told as a zero bitmap size) first.
+    if (dirtyBitmap) checkBitmapHeld('unmap dirty bitmap', { length: size, ...dirtyBitmap }, true);
     const header = vfio_iommu_type1_dma_unmap.size;
     const s = structBytes(header + (dirtyBitmap ? vfio_bitmap.size : 0));
     const pointers = this.io.pointers();
@@ -132,8 +134,8 @@ export class LinuxLegacyContainer implements LegacyContainerHandle {
     });
     if (dirtyBitmap) {
       vfio_bitmap.write(s, {
-        pgsize: dirtyBitmap.pageSize, size: BigInt(bitmapBytesRounded(size, dirtyBitmap.pageSize, dirtyBitmap.bitmap)),
-        data: pointers.pointer(dirtyBitmap.bitmap),
+        pgsize: dirtyBitmap.pageSize, size: kernelBitmapBytes(size, dirtyBitmap.pageSize),
+        data: pointers.wordPointer('unmap dirty bitmap.bitmap', dirtyBitmap.bitmap),
       }, header);
     }
     this.call('VFIO_IOMMU_UNMAP_DMA', uapi.VFIO_IOMMU_UNMAP_DMA, s, { iova, size }, pointers);
@@ -158,14 +160,15 @@ export class LinuxLegacyContainer implements LegacyContainerHandle {
 
   dirtyPagesGetBitmap(request: DirtyBitmapRequest): void {
     if (this.validate) checkBitmapRequest('dirty pages', request);
+    checkBitmapHeld('dirty pages', request, true);
     const header = vfio_iommu_type1_dirty_bitmap.size;
     const s = structBytes(header + vfio_iommu_type1_dirty_bitmap_get.size);
     const pointers = this.io.pointers();
     vfio_iommu_type1_dirty_bitmap.write(s, { argsz: s.byteLength, flags: uapi.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP });
     vfio_iommu_type1_dirty_bitmap_get.write(s, {
       iova: request.iova, size: request.length, 'bitmap.pgsize': request.pageSize,
-      'bitmap.size': BigInt(bitmapBytesRounded(request.length, request.pageSize, request.bitmap)),
-      'bitmap.data': pointers.pointer(request.bitmap),
+      'bitmap.size': kernelBitmapBytes(request.length, request.pageSize),
+      'bitmap.data': pointers.wordPointer('dirty pages.bitmap', request.bitmap),
     }, header);
     this.call('VFIO_IOMMU_DIRTY_PAGES', uapi.VFIO_IOMMU_DIRTY_PAGES, s, {
       flags: 'VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP', iova: request.iova, size: request.length, pgsize: request.pageSize,
@@ -188,19 +191,6 @@ export class LinuxLegacyContainer implements LegacyContainerHandle {
     if (this.isClosed) throw new InvalidArgumentError('container', 'is closed');
     return this.io.call(this.fd, name, request, arg, objects, pointers);
   }
-}
-
-/**
- * type1 checks the bitmap size in u64 words (DIRTY_BITMAP_BYTES rounds up to 8 bytes): tell it
- * the rounded size, and only when the caller's buffer really holds that many bytes.
- */
-function bitmapBytesRounded(length: bigint, pageSize: bigint, bitmap: Uint8Array): number {
-  const pages = (length + pageSize - 1n) / pageSize;
-  const rounded = Number(((pages + 63n) / 64n) * 8n);
-  if (bitmap.byteLength < rounded) {
-    throw new InvalidArgumentError('bitmap', `type1 writes whole u64 words: ${pages} pages need ${rounded} bytes, the bitmap has ${bitmap.byteLength}`);
-  }
-  return rounded;
 }
 
 /** `/dev/vfio/GROUP`. */

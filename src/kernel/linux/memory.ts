@@ -1,6 +1,6 @@
 import { InvalidArgumentError, KernelError } from '../errors.js';
 import type { HostMemory } from '../types.js';
-import { checkLength } from '../validate.js';
+import { checkLength, checkView, MAXIMUM_VIEW_BYTES } from '../validate.js';
 import { IoctlIssuer } from './ioctl.js';
 import { MADV_DONTFORK, MAP_ANONYMOUS, MAP_FAILED, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, type Syscalls } from './libc.js';
 
@@ -12,7 +12,7 @@ import { MADV_DONTFORK, MAP_ANONYMOUS, MAP_FAILED, MAP_NORESERVE, MAP_PRIVATE, P
 export class MmapMemory implements HostMemory {
   readonly address: bigint;
   readonly length: bigint;
-  private view: Uint8Array | undefined;
+  private whole: Uint8Array | undefined;
   private references = 0;
   private freed = false;
 
@@ -34,8 +34,19 @@ export class MmapMemory implements HostMemory {
   get bytes(): Uint8Array | undefined {
     if (this.freed) return undefined;
     // A view is only possible below 2 GiB (the largest typed array Node 20 makes).
-    if (!this.view && this.length <= 1n << 31n) this.view = this.sys.view(this.address, Number(this.length));
-    return this.view;
+    if (!this.whole && this.length <= MAXIMUM_VIEW_BYTES) this.whole = this.sys.view(this.address, Number(this.length));
+    return this.whole;
+  }
+
+  /**
+   * koffi's views are external ArrayBuffers that Node 20 will not detach (structuredClone and
+   * postMessage with a transfer list copy them instead), so release() cannot make an old view
+   * throw: this is checked on each call instead, and a view is valid until release().
+   */
+  view(offset = 0n, length?: bigint): Uint8Array {
+    const { start, size } = checkView(this, offset, length);
+    const whole = this.bytes;
+    return whole ? whole.subarray(Number(start), Number(start + size)) : this.sys.view(this.address + start, Number(size));
   }
 
   get released(): boolean {
@@ -62,7 +73,7 @@ export class MmapMemory implements HostMemory {
     if (this.references > 0) {
       throw new InvalidArgumentError('memory', `is still mapped by ${this.references} mapping(s); unmap them first`);
     }
-    this.view = undefined;
+    this.whole = undefined;
     new IoctlIssuer(this.sys).check(this.sys.munmap(this.address, this.length), 'munmap', { address: this.address });
     this.freed = true;
   }

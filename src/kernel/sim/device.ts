@@ -31,7 +31,7 @@ import type {
   MigrationDataHandle,
   RegionInfo,
 } from '../types.js';
-import { checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
+import { checkBitmapHeld, checkBitmapRequest, checkLength, checkPageSize, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
 import { DmaLog } from './dma-log.js';
 import { fail } from './failure.js';
 import type { AccessObject, DeviceObject, IommuDevice } from './iommufd-objects.js';
@@ -41,8 +41,10 @@ import type { KernelServices } from './services.js';
 import type { IommuModel, SimulatedDeviceModel } from './spec.js';
 import type { SimulatedLegacyContainer } from './type1.js';
 
-/** The VFIO core's limit on DMA logging ranges: one kernel page of vfio_device_feature_dma_logging_range. */
-/** LOG_MAX_RANGES of drivers/vfio/vfio_main.c on a 4 KiB-page host. */
+/**
+ * @deprecated LOG_MAX_RANGES depends on PAGE_SIZE: uapi.dmaLoggingMaxRanges(kernel.systemPageSize).
+ * This is its value on a 4 KiB-page host.
+ */
 export const LOG_MAX_RANGES = uapi.dmaLoggingMaxRanges(4096);
 const PCI_CONFIG_SIZE = 256;
 const VFIO_PCI_NUM_IRQS = 5;
@@ -193,6 +195,11 @@ export class SimulatedDeviceFile implements DeviceHandle {
 
   get closed(): boolean {
     return this.closedFlag;
+  }
+
+  /** LOG_MAX_RANGES: one kernel page of vfio_device_feature_dma_logging_range. */
+  private get logMaxRanges(): number {
+    return uapi.dmaLoggingMaxRanges(this.host.services.systemPageSize);
   }
 
   get devId(): number | undefined {
@@ -353,8 +360,9 @@ export class SimulatedDeviceFile implements DeviceHandle {
     if (this.validate) {
       checkPageSize('pageSize', pageSize);
       if (ranges.length === 0) throw new InvalidArgumentError('ranges', 'must list at least one IOVA range');
-      if (ranges.length > LOG_MAX_RANGES) {
-        throw new InvalidArgumentError('ranges', `${ranges.length} ranges; the kernel takes at most ${LOG_MAX_RANGES}: combine them first`);
+      const maximum = this.logMaxRanges;
+      if (ranges.length > maximum) {
+        throw new InvalidArgumentError('ranges', `${ranges.length} ranges; the kernel takes at most ${maximum} (PAGE_SIZE / 16): combine them first`);
       }
       ranges.forEach((range, index) => checkRange(`ranges[${index}]`, range.iova, range.length));
     }
@@ -364,7 +372,7 @@ export class SimulatedDeviceFile implements DeviceHandle {
       const log = this.device.log;
       if (!log) fail('ENOTTY');
       if (ranges.length === 0) fail('EINVAL');
-      if (ranges.length > LOG_MAX_RANGES) fail('E2BIG');
+      if (ranges.length > this.logMaxRanges) fail('E2BIG');
       const mask = (pageSize - 1n) & U64_MAX; // IS_ALIGNED(x, page_size) with C's unsigned wrap
       const loaded: { iova: bigint; last: bigint }[] = [];
       for (const range of ranges) {
@@ -389,6 +397,7 @@ export class SimulatedDeviceFile implements DeviceHandle {
 
   dmaLoggingReport(request: DirtyBitmapRequest): void {
     if (this.validate) checkBitmapRequest('report', request);
+    checkBitmapHeld('report', request, false); // as the linux shim
     const objects = { feature: 'DMA_LOGGING_REPORT', iova: request.iova, length: request.length, page_size: request.pageSize };
     this.ioctl('VFIO_DEVICE_FEATURE', objects, () => {
       this.requireAccess();

@@ -3,6 +3,7 @@
 // while any IOAS area or type1 mapping uses it), as the real kernel pins the pages.
 import type { HostMemory } from '../types.js';
 import { InvalidArgumentError } from '../errors.js';
+import { checkView } from '../validate.js';
 
 /** The kernel's PAGE_SIZE (x86-64). */
 export const PAGE_SIZE = 4096n;
@@ -15,7 +16,7 @@ export const HOST_PAGE_SIZES = [4n * KIB, 2n * MIB, 1n * GIB] as const;
 
 export class SimulatedHostMemory implements HostMemory {
   /** The memory's content, when it was allocated with content (what a DMA write stores into). */
-  readonly bytes: Uint8Array | undefined;
+  private readonly content: Uint8Array | undefined;
   private releasedFlag = false;
   /** Live mappings (IOAS areas, type1 DMA mappings) using this memory. */
   mappings = 0;
@@ -29,7 +30,18 @@ export class SimulatedHostMemory implements HostMemory {
     private readonly onRelease: (memory: SimulatedHostMemory) => void,
     content = false,
   ) {
-    this.bytes = content ? new Uint8Array(Number(length)) : undefined;
+    this.content = content ? new Uint8Array(Number(length)) : undefined;
+  }
+
+  /** Undefined once released, as on the Linux kernel (whose views are gone with the munmap). */
+  get bytes(): Uint8Array | undefined {
+    return this.releasedFlag ? undefined : this.content;
+  }
+
+  view(offset = 0n, length?: bigint): Uint8Array {
+    const { start, size } = checkView(this, offset, length);
+    if (!this.content) throw new InvalidArgumentError('memory', 'has no bytes: it was allocated without content');
+    return this.content.subarray(Number(start), Number(start + size));
   }
 
   get released(): boolean {

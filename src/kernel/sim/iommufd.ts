@@ -31,7 +31,7 @@ import type {
   IovaRange,
   KernelOptions,
 } from '../types.js';
-import { checkBitmapRequest, checkLength, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
+import { checkBitmapHeld, checkBitmapRequest, checkLength, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
 import { setBits } from './bitmap.js';
 import { SimulatedErrno, fail } from './failure.js';
 import { PAGE_SIZE, SimulatedHostMemory } from './host-memory.js';
@@ -395,6 +395,8 @@ export class SimulatedIommufd implements IommufdHandle {
       checkU32('hwptId', request.hwptId);
       checkBitmapRequest('dirty bitmap', request);
     }
+    // As the linux shim: the bitmap must hold what the kernel would write, whatever validates.
+    checkBitmapHeld('dirty bitmap', request, true);
     const objects: KernelObjects = { hwpt_id: request.hwptId, iova: request.iova, length: request.length, page_size: request.pageSize };
     this.ioctl('IOMMU_HWPT_GET_DIRTY_BITMAP', objects, () => {
       const hwpt = this.context.get<HwptObject>(request.hwptId, 'hwpt_paging');
@@ -504,7 +506,7 @@ export class SimulatedIommufdTest implements IommufdTestOps {
 
   markDirty(hwptId: number, request: DirtyBitmapRequest): bigint {
     checkU32('hwptId', hwptId);
-    checkBitmapRequest('dirty', request);
+    checkBitmapRequest('dirty', request, true); // the mock only reads the bitmap, as bytes
     const objects: KernelObjects = { op: 'IOMMU_TEST_OP_DIRTY', id: hwptId, iova: request.iova, length: request.length };
     return this.iommufd.ioctl('IOMMU_TEST_CMD', objects, () => {
       const { iova, length, pageSize, bitmap } = request;

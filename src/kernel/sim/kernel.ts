@@ -35,7 +35,17 @@ export interface SimulatedKernelOptions {
    * anonymous memory), 2 MiB or 1 GiB (hugetlbfs). It bounds the IOPTE size an IOMMU can use.
    */
   readonly hostPageSize?: bigint;
+  /**
+   * The kernel's PAGE_SIZE: 4 KiB (default, x86-64), 16 KiB or 64 KiB (arm64, ppc64). What counts
+   * in it follows: LOG_MAX_RANGES (PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range))
+   * and `systemPageSize`, the AddressSpace's default mapping alignment. The page tables, type1's
+   * page sizes and IOAS alignment are modelled on x86-64's 4 KiB whatever this says.
+   */
+  readonly systemPageSize?: bigint;
 }
+
+/** PAGE_SIZE values Linux builds with. */
+export const SYSTEM_PAGE_SIZES = [4096n, 16384n, 65536n] as const;
 
 /** The most bytes a simulated memory with content holds (Node's typed array limit). */
 export const MAXIMUM_CONTENT_BYTES = 1n << 32n;
@@ -45,6 +55,7 @@ const SimulatedKernelOptionsSpec = z
     devices: z.array(z.unknown(), { error: 'must be an array of device specs' }).optional(),
     iommufdTest: z.boolean().optional(),
     hostPageSize: z.bigint({ error: 'must be a bigint (4096n, 2097152n or 1073741824n)' }).optional(),
+    systemPageSize: z.bigint({ error: 'must be a bigint (4096n, 16384n or 65536n)' }).optional(),
   })
   .strict();
 
@@ -90,8 +101,8 @@ export type DmaSource = string | DeviceHandle;
 
 export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Type1Host {
   readonly name = 'simulated' as const;
-  /** The simulated host is x86-64: 4 KiB base pages (hugetlbfs backing is hostPageSize). */
-  readonly systemPageSize = 4096n;
+  /** The kernel's PAGE_SIZE (option systemPageSize, default 4 KiB; hugetlbfs backing is hostPageSize). */
+  readonly systemPageSize: bigint;
   readonly identity: object = this;
   readonly services: KernelServices = this;
   readonly devices: readonly SimulatedDeviceModel[];
@@ -126,6 +137,10 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
     }
     this.devices = resolveDeviceSpecs(options.devices ?? []);
     this.testOpsEnabled = options.iommufdTest ?? true;
+    this.systemPageSize = options.systemPageSize ?? 4096n;
+    if (!SYSTEM_PAGE_SIZES.includes(this.systemPageSize as (typeof SYSTEM_PAGE_SIZES)[number])) {
+      throw new InvalidArgumentError('systemPageSize', `must be one of ${SYSTEM_PAGE_SIZES.join(', ')}, got ${this.systemPageSize}`);
+    }
     this.hostPageSize = options.hostPageSize ?? 4096n;
     if (!HOST_PAGE_SIZES.includes(this.hostPageSize as (typeof HOST_PAGE_SIZES)[number])) {
       throw new InvalidArgumentError('hostPageSize', `must be one of ${HOST_PAGE_SIZES.join(', ')}, got ${this.hostPageSize}`);

@@ -3,6 +3,8 @@
 import type { KernelObjects } from '../errors.js';
 
 export interface KernelServices {
+  /** The kernel's PAGE_SIZE (LOG_MAX_RANGES counts in it). */
+  readonly systemPageSize: bigint;
   /**
    * Every simulated ioctl starts here, after argument validation and before any state change:
    * throws the KernelError an injected fault asks for, and records the call when tracing.

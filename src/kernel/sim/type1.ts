@@ -20,7 +20,7 @@ import type {
   Type1Info,
   Type1MapRequest,
 } from '../types.js';
-import { checkBitmapRequest, checkRange, checkU32, checkU64, U64_MAX } from '../validate.js';
+import { checkBitmapHeld, checkBitmapRequest, checkRange, kernelBitmapBytes, checkU32, checkU64, U64_MAX } from '../validate.js';
 import { ChunkedBitmap, clearBits, setBits } from './bitmap.js';
 import { fail } from './failure.js';
 import { PAGE_SIZE, SimulatedHostMemory } from './host-memory.js';
@@ -375,7 +375,9 @@ export class SimulatedLegacyContainer implements LegacyContainerHandle {
       checkRange('unmap', iova, size);
       if (dirtyBitmap) checkBitmapRequest('unmap dirty bitmap', { iova, length: size, ...dirtyBitmap });
     }
-    const bitmap = dirtyBitmap && { pageSize: dirtyBitmap.pageSize, bitmap: dirtyBitmap.bitmap, size: bitmapBytesRounded(size, dirtyBitmap.pageSize, dirtyBitmap.bitmap) };
+    // As the linux shim: the bitmap holds what type1 would copy, and type1 is told that size.
+    if (dirtyBitmap) checkBitmapHeld('unmap dirty bitmap', { length: size, ...dirtyBitmap }, true);
+    const bitmap = dirtyBitmap && { pageSize: dirtyBitmap.pageSize, bitmap: dirtyBitmap.bitmap, size: kernelBitmapBytes(size, dirtyBitmap.pageSize) };
     return this.ioctl('VFIO_IOMMU_UNMAP_DMA', { iova, size }, () => this.unmap(iova, size, false, bitmap));
   }
 
@@ -440,7 +442,8 @@ export class SimulatedLegacyContainer implements LegacyContainerHandle {
 
   dirtyPagesGetBitmap(request: DirtyBitmapRequest): void {
     if (this.validate) checkBitmapRequest('dirty pages', request);
-    const bitmapSize = bitmapBytesRounded(request.length, request.pageSize, request.bitmap);
+    checkBitmapHeld('dirty pages', request, true);
+    const bitmapSize = kernelBitmapBytes(request.length, request.pageSize);
     const objects: KernelObjects = { flags: 'VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP', iova: request.iova, size: request.length, pgsize: request.pageSize };
     this.ioctl('VFIO_IOMMU_DIRTY_PAGES', objects, () => {
       const iommu = this.driver();
@@ -540,19 +543,6 @@ export class SimulatedLegacyContainer implements LegacyContainerHandle {
   get driverName(): string | undefined {
     return this.iommu ? (this.iommu.v2 ? 'type1v2' : 'type1') : undefined;
   }
-}
-
-/**
- * The linux shim's bitmap size for type1: whole u64 words (DIRTY_BITMAP_BYTES), refused before
- * the ioctl when the caller's buffer is shorter, since the kernel writes whole words.
- */
-function bitmapBytesRounded(length: bigint, pageSize: bigint, bitmap: Uint8Array): bigint {
-  const pages = pageSize > 0n ? (length + pageSize - 1n) / pageSize : 0n;
-  const rounded = dirtyBitmapBytes(pages);
-  if (BigInt(bitmap.byteLength) < rounded) {
-    throw new InvalidArgumentError('bitmap', `type1 writes whole u64 words: ${pages} pages need ${rounded} bytes, the bitmap has ${bitmap.byteLength}`);
-  }
-  return rounded;
 }
 
 /** verify_bitmap_size. */

@@ -4,6 +4,8 @@
 # virtio: -device virtio-iommu-pci (VFIO on edu + the IOMMUFD_TEST mock devices; no interrupt
 #         remapping, so iommufd/type1 allow_unsafe_interrupts=1)
 # intel:  -device intel-iommu,intremap=on,caching-mode=on and intel_iommu=on
+# Both: q35 with edu alone behind a pcie-root-port, so it has a secondary bus reset (VFIO's PCI
+# hot reset, and VFIO_DEVICE_RESET through the bus reset method).
 # Settings for the guest come from the environment (set by run.sh): GUEST_STEPS (comma list of
 # selftest,failnth,suite), SELFTESTS_DIR, SELFTEST_TIMEOUT, FAILNTH_TIMEOUT, SUITE_TIMEOUT,
 # VITEST_CONFIG, VITEST_ARGS, GUEST_SHELL=1 (interactive shell on the console instead of tests).
@@ -58,7 +60,7 @@ limit=${BOOT_TIMEOUT:-$limit}
 cmd=("$qemu" -accel tcg,thread=multi -cpu max -machine q35,kernel-irqchip=split
   -m "${VFIO_IOMMUFD_GUEST_MEM:-2G}" -smp 1
   -nodefaults -no-user-config -display none -no-reboot
-  "${iommu_dev[@]}" -device edu
+  "${iommu_dev[@]}" -device pcie-root-port,id=rp0,bus=pcie.0,chassis=1 -device edu,bus=rp0
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
   -virtfs "local,path=$out,mount_tag=results,security_model=none"
   -kernel "$kernel"

@@ -32,4 +32,6 @@ export const edu = {
   cdev: process.env.VFIO_IOMMUFD_EDU_CDEV ?? '',
   /** legacy VFIO group node, e.g. /dev/vfio/1 */
   group: process.env.VFIO_IOMMUFD_EDU_GROUP ?? '',
+  /** The bridge above edu, e.g. 0000:00:01.0 (boot.sh's pcie-root-port); '' on a root bus. */
+  bridge: process.env.VFIO_IOMMUFD_EDU_BRIDGE ?? '',
 };

@@ -68,7 +68,11 @@ if [ -n "$edu_bdf" ]; then
   export VFIO_IOMMUFD_EDU_BDF=$edu_bdf
   export VFIO_IOMMUFD_EDU_CDEV=/dev/vfio/devices/$(ls /sys/bus/pci/devices/$edu_bdf/vfio-dev 2>/dev/null | head -n1)
   export VFIO_IOMMUFD_EDU_GROUP=/dev/vfio/$(basename "$(readlink /sys/bus/pci/devices/$edu_bdf/iommu_group)")
-  say "edu $edu_bdf on $(basename "$(readlink /sys/bus/pci/devices/$edu_bdf/driver)" 2>/dev/null): cdev $VFIO_IOMMUFD_EDU_CDEV group $VFIO_IOMMUFD_EDU_GROUP"
+  # The bridge above edu (boot.sh puts it behind a pcie-root-port), empty on a root bus.
+  edu_parent=$(basename "$(dirname "$(readlink -f /sys/bus/pci/devices/$edu_bdf)")")
+  case $edu_parent in pci*) edu_parent= ;; esac
+  export VFIO_IOMMUFD_EDU_BRIDGE=$edu_parent
+  say "edu $edu_bdf on $(basename "$(readlink /sys/bus/pci/devices/$edu_bdf/driver)" 2>/dev/null): cdev $VFIO_IOMMUFD_EDU_CDEV group $VFIO_IOMMUFD_EDU_GROUP bridge ${edu_parent:-none (root bus)}"
 else
   say "no edu device"
 fi

@@ -188,6 +188,16 @@ function reportMtty(boot, dir) {
   if (!equal) fail(EXIT_TESTS_FAILED, `${boot}: mtty migration: destination state differs or bytes saved != restored`);
 }
 
+/** The PCI hot resets of test/kernel/hot-reset.test.ts (both boots), one line per backend. */
+function reportHotReset(dir) {
+  const json = read(join(dir, 'hot-reset.json'));
+  if (json === undefined) return;
+  for (const run of JSON.parse(json).runs ?? []) {
+    say(`  hot reset (${run.backend}): VFIO_DEVICE_PCI_HOT_RESET succeeded on ${run.device} behind ${run.bridge}; ` +
+      `affected devices: ${run.affected.join(', ')} (flags 0x${run.flags.toString(16)})`);
+  }
+}
+
 /** `vfio-iommufd bench ioctl` in the guest (test/kernel/bench-ioctl.test.ts): its table, as the CLI prints it. */
 function reportBenchIoctl(dir) {
   const text = read(join(dir, 'bench-ioctl.txt'));
@@ -222,6 +232,7 @@ for (const boot of boots) {
   if (planned.includes('failnth')) reportSelftest(boot, dir, 'failnth', 'iommufd_fail_nth', st.get('failnth'));
   if (planned.includes('suite')) reportSuite(boot, dir, st.get('suite'));
   reportMtty(boot, dir);
+  reportHotReset(dir);
   reportBenchIoctl(dir);
   summary.boots[boot] = { qemu, done, panic, steps: Object.fromEntries(st) };
 }

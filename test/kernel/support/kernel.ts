@@ -317,17 +317,12 @@ export const SHIM_DETAILS = [
 
 /** Why an ioctl (or sub-operation) cannot succeed in this guest, when the suite only reaches its failing path. */
 export const KNOWN_GAPS: Record<string, string> = {
-  VFIO_DEVICE_RESET:
-    'succeeds on the mtty mdevs (virtio boot); in the intel boot there is no mtty, and edu has no reset method (no FLR, no PM capability, alone on the root bus): VFIO_DEVICE_INFO lacks FLAGS_RESET and the kernel answers EINVAL',
   VFIO_DEVICE_FEATURE:
     "succeeds on the mtty mdevs (virtio boot: migration); in the intel boot edu has none of the features the library asks for (migration, DMA logging: vfio-pci variant drivers only), so every call is ENOTTY; the SET-only LOW_POWER features vfio-pci gives every device are probed with GET by featureProbe(), which the kernel refuses (EINVAL)",
   'VFIO_DEVICE_FEATURE DMA_LOGGING_START SET':
     'succeeds on mtty (virtio boot), whose log ops accept any range and report nothing; real DMA logging needs mlx5/pds/hisi vfio-pci variant drivers, which QEMU does not emulate (edu answers ENOTTY)',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_STOP SET': 'as DMA_LOGGING_START: edu answers ENOTTY',
   'VFIO_DEVICE_FEATURE DMA_LOGGING_REPORT GET': 'as DMA_LOGGING_START: edu answers ENOTTY',
-  VFIO_DEVICE_GET_PCI_HOT_RESET_INFO:
-    'edu is alone on the root bus: no slot reset and no bus reset (pci_probe_reset_bus needs a bridge), so the kernel answers ENODEV',
-  VFIO_DEVICE_PCI_HOT_RESET: 'as GET_PCI_HOT_RESET_INFO: edu has no slot or bus reset (ENODEV)',
 };
 
 interface CoverageFile {
