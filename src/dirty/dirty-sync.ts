@@ -1,5 +1,6 @@
 import { Engine, type ArenaBuffer, type ResampleSpec } from '../engine/index.js';
 import { InvalidArgumentError } from '../kernel/errors.js';
+import * as uapi from '../uapi/index.js';
 import type { DmaLoggingRange, HostMemory } from '../kernel/types.js';
 import type { AddressSpace, IovaSpan, MappingObserver } from '../vfio/address-space.js';
 import type { Mapping, UnmapBitmap } from '../vfio/container.js';
@@ -356,7 +357,14 @@ export class DirtySync {
         return;
       }
       case 'dma-logging': {
-        const tracker = new DeviceLoggingTracker(device, this.windowFor(device));
+        const window = this.windowFor(device);
+        // DMA outside the logged ranges would never be reported: refuse before logging starts.
+        for (const mapping of this.space.mappings) {
+          if (!window.some((r) => r.iova <= mapping.iova && mapping.iova + mapping.size <= r.iova + r.length)) {
+            throw new InvalidArgumentError('dmaLoggingRanges', `0x${mapping.iova.toString(16)}+0x${mapping.size.toString(16)} is mapped but outside the IOVA ranges ${device.name} would log DMA for`);
+          }
+        }
+        const tracker = new DeviceLoggingTracker(device, window, uapi.dmaLoggingMaxRanges(Number(this.space.kernel.systemPageSize ?? 4096n)));
         tracker.start(context);
         this.trackers.push(tracker);
         markAll();

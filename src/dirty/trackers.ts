@@ -43,7 +43,11 @@ export interface TrackerContext {
   failed(tracker: Tracker, placements: readonly BitmapPlacement[], error: Error): void;
 }
 
-/** The most ranges DMA_LOGGING_START takes: LOG_MAX_RANGES in drivers/vfio/vfio_main.c, PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range) on 4 KiB pages (256). */
+/**
+ * The most ranges DMA_LOGGING_START takes on a 4 KiB-page host (256): LOG_MAX_RANGES in
+ * drivers/vfio/vfio_main.c is PAGE_SIZE / sizeof(struct vfio_device_feature_dma_logging_range).
+ * @deprecated It depends on the page size: uapi.dmaLoggingMaxRanges(pageSize); trackers use the host's.
+ */
 export const DMA_LOGGING_MAX_RANGES = uapi.dmaLoggingMaxRanges(4096);
 
 /** A zeroed buffer of whole u64 words for `bits` bits: what a kernel writes a source's bitmap into. */
@@ -188,7 +192,8 @@ export class DeviceLoggingTracker extends Tracker {
   ranges: readonly DmaLoggingRange[] = [];
   private logging = false;
 
-  constructor(readonly device: Device, private readonly window: readonly DmaLoggingRange[]) {
+  /** `maxRanges`: the kernel's LOG_MAX_RANGES at the host's page size (uapi.dmaLoggingMaxRanges). */
+  constructor(readonly device: Device, private readonly window: readonly DmaLoggingRange[], private readonly maxRanges = DMA_LOGGING_MAX_RANGES) {
     super();
     this.name = `device ${device.name}`;
     this.devices.push(device);
@@ -201,7 +206,7 @@ export class DeviceLoggingTracker extends Tracker {
 
   start(context: TrackerContext): void {
     if (this.window.length === 0) throw new Error(`${this.device.name}: no IOVA window to log`);
-    let maximum = DMA_LOGGING_MAX_RANGES;
+    let maximum = this.maxRanges;
     for (;;) {
       const ranges = combineRanges(this.window, maximum);
       try {

@@ -179,3 +179,43 @@ describe('DirtySync', () => {
     await finish(kernel, space, sync);
   });
 });
+
+describe('DMA logging ranges', () => {
+  it("takes as many ranges as the kernel's LOG_MAX_RANGES at the host's page size (64 KiB: PAGE_SIZE / 16 bytes)", async () => {
+    // sizeof(struct vfio_device_feature_dma_logging_range) is 16 (two __aligned_u64): 4096 at 64 KiB, 256 at 4 KiB.
+    const LARGE = 65536n;
+    const kernel = simulatedKernel({
+      systemPageSize: LARGE,
+      devices: [{ name: 'gpu0', dmaLogging: { pageSize: LARGE, maxRanges: 4096, tooManyRanges: 'reject' } }],
+    });
+    const space = new AddressSpace(kernel);
+    // 300 mappings and as many ranges: more than a 4 KiB host's 256, fewer than a 64 KiB host's 4096.
+    const ranges = Array.from({ length: 300 }, (_, i) => ({ iova: BigInt(i) * 2n * LARGE, length: LARGE }));
+    for (const range of ranges) await space.map({ iova: range.iova, size: range.length });
+    await space.attach('gpu0');
+    const sync = new DirtySync(space, { engine, initiallyDirty: false, dmaLoggingRanges: ranges });
+    await sync.start();
+    try {
+      expect(kernel.objects().dmaLogging).toEqual([{ device: 'gpu0', pageSize: LARGE, ranges: 300 }]);
+    } finally {
+      await sync.stop();
+      await space.close();
+    }
+  });
+
+  it('refuses ranges that leave a mapping unlogged, before logging starts, and nothing changes', async () => {
+    const kernel = simulatedKernel({ devices: [{ name: 'gpu0', dmaLogging: { pageSize: PAGE } }] });
+    const space = new AddressSpace(kernel);
+    await space.map({ iova: 0n, size: 1n << 24n });
+    await space.attach('gpu0');
+    const sync = new DirtySync(space, { engine, initiallyDirty: false, dmaLoggingRanges: [{ iova: 0n, length: 1n << 20n }] });
+    await expect(sync.start()).rejects.toThrow(/0x0\+0x1000000 is mapped but outside the IOVA ranges gpu0 would log DMA for/);
+    expect(kernel.objects().dmaLogging).toEqual([]);
+    // The same space starts once the ranges cover what is mapped.
+    const covering = new DirtySync(space, { engine, initiallyDirty: false, dmaLoggingRanges: [{ iova: 0n, length: 1n << 24n }] });
+    await covering.start();
+    expect(kernel.objects().dmaLogging).toEqual([{ device: 'gpu0', pageSize: PAGE, ranges: 1 }]);
+    await covering.stop();
+    await space.close();
+  });
+});
