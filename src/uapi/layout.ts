@@ -122,6 +122,18 @@ export class StructLayout {
     return bytes;
   }
 
+  /**
+   * As encode, but a small struct's bytes are a slice of a shared off-heap slab (see slabSlice),
+   * which saves the cost of a new backing store per ioctl. The bytes are zeroed and the caller's
+   * alone, for as long as it likes; only its `buffer` is not its own: address it with
+   * `byteOffset`, and never transfer or detach it.
+   */
+  encodeSlice(values: Values = {}, size = this.size): Uint8Array {
+    const bytes = slabSlice(size);
+    this.write(bytes, values);
+    return bytes;
+  }
+
   write(bytes: Uint8Array, values: Values, base = 0): void {
     // for...in with the own-property test visits exactly Object.entries' keys, in the same order,
     // without building the array of pairs.
@@ -157,6 +169,32 @@ export class StructLayout {
     for (const [name, f] of this.fields) if (f.type !== 'bytes') out[name] = this.read(bytes, name, base);
     return out;
   }
+}
+
+/**
+ * Small structs are cut from a slab: every new ArrayBuffer (or the backing store V8 makes for an
+ * on-heap typed array when koffi takes its address) costs as much as the koffi call itself
+ * (issue 13 item 5), a view into an existing buffer a fraction of that. A slice is handed out once
+ * and never reused, so it is zero and no one else's; the slab is freed when its last view is.
+ * A kept struct holds its slab (at most SLAB_BYTES) alive, as a Buffer from Node's pool does.
+ */
+const SLAB_BYTES = 4096;
+/** Larger buffers get an ArrayBuffer of their own: a slab would be used up by a few. */
+const SLAB_SLICE_LIMIT = 256;
+let slab = new ArrayBuffer(SLAB_BYTES);
+let slabUsed = 0;
+
+function slabSlice(size: number): Uint8Array {
+  // Anything but a small whole size (negative, fractional, NaN) keeps Uint8Array's own conversion and errors.
+  if (!(size >>> 0 === size && size <= SLAB_SLICE_LIMIT)) return new Uint8Array(size);
+  if (slabUsed + size > SLAB_BYTES) {
+    slab = new ArrayBuffer(SLAB_BYTES);
+    slabUsed = 0;
+  }
+  const bytes = new Uint8Array(slab, slabUsed, size);
+  // 8-byte aligned slices: every u64 of the struct is naturally aligned in memory, as in C.
+  slabUsed += (size + 7) & ~7;
+  return bytes;
 }
 
 const hasOwn = (object: object, key: string): boolean => Object.prototype.hasOwnProperty.call(object, key);

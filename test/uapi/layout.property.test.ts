@@ -1,4 +1,4 @@
-// StructLayout's encode/write/read against a plain DataView reference written here: for every
+// StructLayout's encode/encodeSlice/write/read against a plain DataView reference written here: for every
 // struct of the uAPI (offsets checked against gcc by conformance.test.ts) and for random layouts
 // with nested structs, arrays and unions, random values (in range, out of range, fractional, NaN,
 // bigints), views at any byteOffset into a buffer of random bytes, any base, fields that do not
@@ -171,20 +171,23 @@ describe('StructLayout against a DataView reference', () => {
     }
   });
 
-  test.prop([caseOf, fc.option(fc.integer({ min: 0, max: 96 }), { freq: 2 })], { numRuns: RUNS })(
-    'encode returns a zeroed buffer of the size asked, values written in, that no other encode shares',
-    ({ layout: l, values }, size) => {
+  test.prop([caseOf, fc.option(fc.integer({ min: 0, max: 300 }), { freq: 2 }), fc.constantFrom('encode', 'encodeSlice' as const)], { numRuns: RUNS })(
+    'encode and encodeSlice return a zeroed buffer of the size asked, values written in, that no other encode shares',
+    ({ layout: l, values }, size, method) => {
+      const encode = (v: Values, s?: number) => (method === 'encode' ? l.encode(v, s) : l.encodeSlice(v, s));
       const want = outcome(() => {
         const bytes = new Uint8Array(size ?? l.size);
         referenceWrite(l, bytes, values);
         return Array.from(bytes);
       });
-      const got = outcome(() => Array.from(size === null ? l.encode(values) : l.encode(values, size)));
+      const got = outcome(() => Array.from(size === null ? encode(values) : encode(values, size)));
       expect(got).toEqual(want);
       if ('value' in want) {
-        const first = size === null ? l.encode(values) : l.encode(values, size);
-        const second = size === null ? l.encode(values) : l.encode(values, size);
+        const first = size === null ? encode(values) : encode(values, size);
+        const second = size === null ? encode(values) : encode(values, size);
         expect(first.byteLength).toBe(size ?? l.size);
+        // encode's buffer is its own (callers may view `.buffer` from 0); encodeSlice's is a slab's.
+        if (method === 'encode') expect([first.byteOffset, first.buffer.byteLength]).toEqual([0, size ?? l.size]);
         first.fill(0xa5);
         expect(Array.from(second)).toEqual(want.value);
         const decoded = outcome(() => {
@@ -211,6 +214,21 @@ describe('StructLayout against a DataView reference', () => {
     }
     expect(() => l.write(new Uint8Array(l.size), { value: 1 })).toThrow('edges.value is a u64 and takes a bigint');
   });
+
+  test.prop([fc.array(fc.integer({ min: 0, max: 300 }), { minLength: 1, maxLength: 400 })], { numRuns: 40 })(
+    'encodeSlice of any sizes, kept together, never share a byte and start 8-byte aligned',
+    (sizes) => {
+      const l = new StructLayout('one', [['x', 'u8']]);
+      const kept = sizes.map((size) => l.encodeSlice({}, size));
+      kept.forEach((bytes, i) => {
+        expect(bytes.byteLength).toBe(sizes[i]);
+        expect(bytes.every((b) => b === 0), `encode ${i} zeroed`).toBe(true);
+        expect(bytes.byteOffset % 8).toBe(0);
+        bytes.fill((i % 255) + 1);
+      });
+      kept.forEach((bytes, i) => expect(bytes.every((b) => b === (i % 255) + 1), `encode ${i} kept its bytes`).toBe(true));
+    },
+  );
 
   test('write takes the own enumerable keys only, as Object.entries does', () => {
     const l = new StructLayout('own', [['a', 'u32'], ['b', 'u32']]);
