@@ -172,9 +172,9 @@ export class StructLayout {
 }
 
 /**
- * Small structs are cut from a slab: every new ArrayBuffer (or the backing store V8 makes for an
- * on-heap typed array when koffi takes its address) costs as much as the koffi call itself
- * (issue 13 item 5), a view into an existing buffer a fraction of that. A slice is handed out once
+ * encodeSlice cuts small structs from a slab: every new ArrayBuffer (or the backing store V8
+ * makes for an on-heap typed array when koffi takes its address) costs as much as the koffi call
+ * itself (issue 13 item 5), a view into an existing buffer a fraction of that. A slice is handed out once
  * and never reused, so it is zero and no one else's; the slab is freed when its last view is.
  * A kept struct holds its slab (at most SLAB_BYTES) alive, as a Buffer from Node's pool does.
  */
