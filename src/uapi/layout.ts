@@ -50,12 +50,34 @@ function roundUp(value: number, align: number): number {
 
 export type Values = Record<string, number | bigint>;
 
-/** A struct of the uAPI: its size, every field's offset, and encoding to and from bytes. */
+/**
+ * What write and read need of one scalar field, found once per field name: the offset, the byte
+ * count and how to convert. Built in the constructor so the per-call path is one Map lookup per
+ * field and byte stores, with no Object.entries, DataView or other allocation (issue 13: the
+ * struct's encoding was most of the library's ioctl overhead).
+ */
+interface ScalarAccess {
+  readonly offset: number;
+  readonly type: ScalarType;
+  readonly size: number;
+  /** `struct.field`, for the u64 error message. */
+  readonly what: string;
+}
+
+/** A u64 up to this converts to a Number exactly, so it is stored as two u32 halves without BigInt arithmetic. */
+const MAX_SAFE_U64 = BigInt(Number.MAX_SAFE_INTEGER);
+const TWO_TO_32 = 0x1_0000_0000;
+/** The high u32 half below which hi * 2^32 + lo is still exact in a Number. */
+const SAFE_HIGH_HALF = 0x20_0000;
+
+/** A C struct of the uAPI: its size, every field's offset, and encoding to and from bytes. */
 export class StructLayout {
   readonly size: number;
   readonly align: number;
   /** Every field, nested ones with dotted names (`bitmap.pgsize`, `mock_domain.out_hwpt_id`). */
   readonly fields: ReadonlyMap<string, Field>;
+  /** The scalar fields of `fields`, each with its access precomputed. */
+  private readonly scalars: ReadonlyMap<string, ScalarAccess>;
 
   constructor(
     readonly name: string,
@@ -75,6 +97,11 @@ export class StructLayout {
     this.align = align;
     this.size = roundUp(offset, align);
     this.fields = fields;
+    const scalars = new Map<string, ScalarAccess>();
+    for (const [fieldName, f] of fields) {
+      if (f.type !== 'bytes') scalars.set(fieldName, { offset: f.offset, type: f.type, size: f.size, what: `${name}.${fieldName}` });
+    }
+    this.scalars = scalars;
   }
 
   offsetOf(field: string): number {
@@ -95,20 +122,33 @@ export class StructLayout {
     return bytes;
   }
 
+  /**
+   * As encode, but a small struct's bytes are a slice of a shared off-heap slab (see slabSlice),
+   * which saves the cost of a new backing store per ioctl. The bytes are zeroed and the caller's
+   * alone, for as long as it likes; only its `buffer` is not its own: address it with
+   * `byteOffset`, and never transfer or detach it.
+   */
+  encodeSlice(values: Values = {}, size = this.size): Uint8Array {
+    const bytes = slabSlice(size);
+    this.write(bytes, values);
+    return bytes;
+  }
+
   write(bytes: Uint8Array, values: Values, base = 0): void {
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    for (const [name, value] of Object.entries(values)) {
-      const f = this.fields.get(name);
-      if (!f || f.type === 'bytes') throw new Error(`struct ${this.name} has no scalar field ${name}`);
-      writeScalar(view, base + f.offset, f.type, value, `${this.name}.${name}`);
+    // for...in with the own-property test visits exactly Object.entries' keys, in the same order,
+    // without building the array of pairs.
+    for (const name in values) {
+      if (!hasOwn(values, name)) continue;
+      const f = this.scalars.get(name);
+      if (f === undefined) throw new Error(`struct ${this.name} has no scalar field ${name}`);
+      writeScalar(bytes, base + f.offset, f, values[name]!);
     }
   }
 
   read(bytes: Uint8Array, field: string, base = 0): number | bigint {
-    const f = this.fields.get(field);
-    if (!f || f.type === 'bytes') throw new Error(`struct ${this.name} has no scalar field ${field}`);
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    return readScalar(view, base + f.offset, f.type);
+    const f = this.scalars.get(field);
+    if (f === undefined) throw new Error(`struct ${this.name} has no scalar field ${field}`);
+    return readScalar(bytes, base + f.offset, f);
   }
 
   readNumber(bytes: Uint8Array, field: string, base = 0): number {
@@ -131,6 +171,113 @@ export class StructLayout {
   }
 }
 
+/**
+ * encodeSlice cuts small structs from a slab: every new ArrayBuffer (or the backing store V8
+ * makes for an on-heap typed array when koffi takes its address) costs as much as the koffi call
+ * itself (issue 13 item 5), a view into an existing buffer a fraction of that. A slice is handed out once
+ * and never reused, so it is zero and no one else's; the slab is freed when its last view is.
+ * A kept struct holds its slab (at most SLAB_BYTES) alive, as a Buffer from Node's pool does.
+ */
+const SLAB_BYTES = 4096;
+/** Larger buffers get an ArrayBuffer of their own: a slab would be used up by a few. */
+const SLAB_SLICE_LIMIT = 256;
+let slab = new ArrayBuffer(SLAB_BYTES);
+let slabUsed = 0;
+
+function slabSlice(size: number): Uint8Array {
+  // Anything but a small whole size (negative, fractional, NaN) keeps Uint8Array's own conversion and errors.
+  if (!(size >>> 0 === size && size <= SLAB_SLICE_LIMIT)) return new Uint8Array(size);
+  if (slabUsed + size > SLAB_BYTES) {
+    slab = new ArrayBuffer(SLAB_BYTES);
+    slabUsed = 0;
+  }
+  const bytes = new Uint8Array(slab, slabUsed, size);
+  // 8-byte aligned slices: every u64 of the struct is naturally aligned in memory, as in C.
+  slabUsed += (size + 7) & ~7;
+  return bytes;
+}
+
+const hasOwn = (object: object, key: string): boolean => Object.prototype.hasOwnProperty.call(object, key);
+
+/**
+ * True where the field lies whole inside `bytes` at an integer position: there, byte stores and
+ * loads do what DataView does. Anywhere else (a negative, fractional or out-of-range position, a
+ * detached buffer) the DataView path runs, so its RangeError or TypeError is the one thrown.
+ */
+function inBounds(bytes: Uint8Array, position: number, size: number): boolean {
+  return position >>> 0 === position && position + size <= bytes.length;
+}
+
+function writeScalar(bytes: Uint8Array, position: number, f: ScalarAccess, value: number | bigint): void {
+  if (f.type === 'u64') {
+    if (typeof value !== 'bigint') throw new Error(`${f.what} is a u64 and takes a bigint`);
+    if (value >= 0n && value <= MAX_SAFE_U64 && inBounds(bytes, position, 8)) {
+      const n = Number(value);
+      const low = n >>> 0;
+      storeU32(bytes, position, low);
+      storeU32(bytes, position + 4, (n - low) / TWO_TO_32);
+      return;
+    }
+    dataView(bytes).setBigUint64(position, value, true);
+    return;
+  }
+  // Number() first, as DataView's setters are called with: a bigint converts, a symbol throws.
+  const n = Number(value);
+  if (!inBounds(bytes, position, f.size)) {
+    writeScalarByDataView(dataView(bytes), position, f.type, n);
+    return;
+  }
+  // ToUint32 (>>> 0) then the low bytes: the same bits DataView's setUint8/16/32 and setInt32 store.
+  const u = n >>> 0;
+  switch (f.size) {
+    case 1:
+      bytes[position] = u;
+      return;
+    case 2:
+      bytes[position] = u;
+      bytes[position + 1] = u >>> 8;
+      return;
+    default:
+      storeU32(bytes, position, u);
+  }
+}
+
+function storeU32(bytes: Uint8Array, position: number, u: number): void {
+  bytes[position] = u;
+  bytes[position + 1] = u >>> 8;
+  bytes[position + 2] = u >>> 16;
+  bytes[position + 3] = u >>> 24;
+}
+
+function loadU32(bytes: Uint8Array, position: number): number {
+  return (bytes[position]! | (bytes[position + 1]! << 8) | (bytes[position + 2]! << 16) | (bytes[position + 3]! << 24)) >>> 0;
+}
+
+function readScalar(bytes: Uint8Array, position: number, f: ScalarAccess): number | bigint {
+  if (!inBounds(bytes, position, f.size)) return readScalarByDataView(dataView(bytes), position, f.type);
+  switch (f.type) {
+    case 'u8':
+      return bytes[position]!;
+    case 'u16':
+      return bytes[position]! | (bytes[position + 1]! << 8);
+    case 'u32':
+      return loadU32(bytes, position);
+    case 's32':
+      return loadU32(bytes, position) | 0;
+    case 'u64': {
+      const low = loadU32(bytes, position);
+      const high = loadU32(bytes, position + 4);
+      // One BigInt from an exact Number where the value fits in 53 bits (lengths, IOVAs, pointers).
+      if (high < SAFE_HIGH_HALF) return BigInt(high * TWO_TO_32 + low);
+      return (BigInt(high) << 32n) | BigInt(low);
+    }
+  }
+}
+
+function dataView(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
 function addField(fields: Map<string, Field>, name: string, type: FieldType, offset: number, since: string | undefined): void {
   if (isScalar(type)) {
     fields.set(name, { name, offset, type, size: SCALAR_SIZE[type], since });
@@ -147,28 +294,24 @@ function addField(fields: Map<string, Field>, name: string, type: FieldType, off
   }
 }
 
-function writeScalar(view: DataView, offset: number, type: ScalarType, value: number | bigint, what: string): void {
+function writeScalarByDataView(view: DataView, offset: number, type: Exclude<ScalarType, 'u64'>, value: number): void {
   switch (type) {
     case 'u8':
-      view.setUint8(offset, Number(value));
+      view.setUint8(offset, value);
       return;
     case 'u16':
-      view.setUint16(offset, Number(value), true);
+      view.setUint16(offset, value, true);
       return;
     case 'u32':
-      view.setUint32(offset, Number(value), true);
+      view.setUint32(offset, value, true);
       return;
     case 's32':
-      view.setInt32(offset, Number(value), true);
-      return;
-    case 'u64':
-      if (typeof value !== 'bigint') throw new Error(`${what} is a u64 and takes a bigint`);
-      view.setBigUint64(offset, value, true);
+      view.setInt32(offset, value, true);
       return;
   }
 }
 
-function readScalar(view: DataView, offset: number, type: ScalarType): number | bigint {
+function readScalarByDataView(view: DataView, offset: number, type: ScalarType): number | bigint {
   switch (type) {
     case 'u8':
       return view.getUint8(offset);
