@@ -407,8 +407,8 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
     notes.push(
       `${r.op} ${r.label}: ${r.oursOverC.toFixed(2)}x C, above the goal of ${IOCTL_GOAL_RATIO}x. Of the ${us(ours - c)} over C: ` +
       `${us(koffi - c)} koffi's call (Syscalls.ioctl on a ready struct, ${r.koffiOverC.toFixed(2)}x C: the variadic ioctl through koffi's trampoline), ` +
-      `${us(encoded - koffi)} a struct encoded afresh for each call (uapi StructLayout.encode: a new buffer whose backing store V8 allocates when its address is taken, ` +
-      `the fields written through a new DataView), ${us(ours - encoded)} the rest of the wrapper (argument checks, decoding the answer` +
+      `${us(encoded - koffi)} a struct encoded afresh for each call (uapi StructLayout.encode: a new buffer whose backing store V8 allocates when koffi takes its address; ` +
+      `the library itself cuts its structs from a slab with encodeSlice), ${us(ours - encoded)} the rest of the wrapper (argument checks, decoding the answer` +
       `${r.op === 'IOMMU_IOAS_IOVA_RANGES' ? ', a new range array per call' : ''})` +
       (noisy ? ' (a part below 0 is the run\'s noise: the machine\'s speed changed between batches)' : '') +
       (r.koffiOverC > IOCTL_GOAL_RATIO ? `; koffi's call alone is above ${IOCTL_GOAL_RATIO}x C here, so no wrapper meets the goal on this machine.` : '.'),

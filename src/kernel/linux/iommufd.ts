@@ -72,14 +72,14 @@ export class LinuxIommufd implements IommufdHandle {
   }
 
   ioasAlloc(): number {
-    const s = iommu_ioas_alloc.encode({ size: iommu_ioas_alloc.size });
+    const s = iommu_ioas_alloc.encodeSlice({ size: iommu_ioas_alloc.size });
     this.issue('IOMMU_IOAS_ALLOC', uapi.IOMMU_IOAS_ALLOC, s, {});
     return iommu_ioas_alloc.readNumber(s, 'out_ioas_id');
   }
 
   destroy(id: number): void {
     if (this.validate) checkU32('id', id);
-    this.issue('IOMMU_DESTROY', uapi.IOMMU_DESTROY, iommu_destroy.encode({ size: iommu_destroy.size, id }), { id });
+    this.issue('IOMMU_DESTROY', uapi.IOMMU_DESTROY, iommu_destroy.encodeSlice({ size: iommu_destroy.size, id }), { id });
     // Destroying an IOAS drops its mappings: the memory they held is free to go.
     this.mappings.removeAll(id);
   }
@@ -100,7 +100,7 @@ export class LinuxIommufd implements IommufdHandle {
     if (request.iova !== undefined) flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA;
     if (request.readable ?? true) flags |= uapi.IOMMU_IOAS_MAP_READABLE;
     if (request.writeable ?? true) flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE;
-    const s = iommu_ioas_map.encode({
+    const s = iommu_ioas_map.encodeSlice({
       size: iommu_ioas_map.size, flags, ioas_id: request.ioasId, user_va: userVa, length: request.length, iova: request.iova ?? 0n,
     });
     this.issue('IOMMU_IOAS_MAP', uapi.IOMMU_IOAS_MAP, s, { ioas_id: request.ioasId, iova: request.iova ?? 0n, length: request.length });
@@ -120,7 +120,7 @@ export class LinuxIommufd implements IommufdHandle {
     if (request.dstIova !== undefined) flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA;
     if (request.readable ?? true) flags |= uapi.IOMMU_IOAS_MAP_READABLE;
     if (request.writeable ?? true) flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE;
-    const s = iommu_ioas_copy.encode({
+    const s = iommu_ioas_copy.encodeSlice({
       size: iommu_ioas_copy.size, flags, dst_ioas_id: request.dstIoasId, src_ioas_id: request.srcIoasId,
       length: request.length, dst_iova: request.dstIova ?? 0n, src_iova: request.srcIova,
     });
@@ -138,7 +138,7 @@ export class LinuxIommufd implements IommufdHandle {
       checkU32('ioasId', ioasId);
       checkRange('unmap', iova, length);
     }
-    const s = iommu_ioas_unmap.encode({ size: iommu_ioas_unmap.size, ioas_id: ioasId, iova, length });
+    const s = iommu_ioas_unmap.encodeSlice({ size: iommu_ioas_unmap.size, ioas_id: ioasId, iova, length });
     this.issue('IOMMU_IOAS_UNMAP', uapi.IOMMU_IOAS_UNMAP, s, { ioas_id: ioasId, iova, length });
     this.mappings.remove(ioasId, iova, length);
     return iommu_ioas_unmap.readBigint(s, 'length');
@@ -146,7 +146,7 @@ export class LinuxIommufd implements IommufdHandle {
 
   ioasUnmapAll(ioasId: number): bigint {
     if (this.validate) checkU32('ioasId', ioasId);
-    const s = iommu_ioas_unmap.encode({ size: iommu_ioas_unmap.size, ioas_id: ioasId, iova: 0n, length: U64_MAX });
+    const s = iommu_ioas_unmap.encodeSlice({ size: iommu_ioas_unmap.size, ioas_id: ioasId, iova: 0n, length: U64_MAX });
     this.issue('IOMMU_IOAS_UNMAP', uapi.IOMMU_IOAS_UNMAP, s, { ioas_id: ioasId, iova: 0n, length: U64_MAX });
     this.mappings.removeAll(ioasId);
     return iommu_ioas_unmap.readBigint(s, 'length');
@@ -159,9 +159,9 @@ export class LinuxIommufd implements IommufdHandle {
     }
     let capacity = fixedCapacity ?? 4;
     for (let attempt = 0; ; attempt++) {
-      const array = structBytes(capacity * iommu_iova_range.size);
+      const array = iommu_iova_range.encodeSlice({}, capacity * iommu_iova_range.size);
       const pointers = this.io.pointers();
-      const s = iommu_ioas_iova_ranges.encode({
+      const s = iommu_ioas_iova_ranges.encodeSlice({
         size: iommu_ioas_iova_ranges.size, ioas_id: ioasId, num_iovas: capacity, allowed_iovas: pointers.pointer(array),
       });
       try {
@@ -192,7 +192,7 @@ export class LinuxIommufd implements IommufdHandle {
     }
     const array = encodeIovaRanges(ranges);
     const pointers = this.io.pointers();
-    const s = iommu_ioas_allow_iovas.encode({
+    const s = iommu_ioas_allow_iovas.encodeSlice({
       size: iommu_ioas_allow_iovas.size, ioas_id: ioasId, num_iovas: ranges.length,
       allowed_iovas: ranges.length ? pointers.pointer(array) : 0n,
     });
@@ -200,14 +200,14 @@ export class LinuxIommufd implements IommufdHandle {
   }
 
   optionGet(optionId: number, objectId: number): bigint {
-    const s = iommu_option.encode({ size: iommu_option.size, option_id: optionId, op: uapi.IOMMU_OPTION_OP_GET, object_id: objectId });
+    const s = iommu_option.encodeSlice({ size: iommu_option.size, option_id: optionId, op: uapi.IOMMU_OPTION_OP_GET, object_id: objectId });
     this.issue('IOMMU_OPTION', uapi.IOMMU_OPTION, s, { option_id: optionId, object_id: objectId });
     return iommu_option.readBigint(s, 'val64');
   }
 
   optionSet(optionId: number, objectId: number, value: bigint): void {
     if (this.validate) checkU64('value', value);
-    const s = iommu_option.encode({
+    const s = iommu_option.encodeSlice({
       size: iommu_option.size, option_id: optionId, op: uapi.IOMMU_OPTION_OP_SET, object_id: objectId, val64: value,
     });
     this.issue('IOMMU_OPTION', uapi.IOMMU_OPTION, s, { option_id: optionId, object_id: objectId, val64: value });
@@ -220,7 +220,7 @@ export class LinuxIommufd implements IommufdHandle {
       checkU32('flags', request.flags ?? 0);
     }
     const pointers = this.io.pointers();
-    const s = iommu_hwpt_alloc.encode({
+    const s = iommu_hwpt_alloc.encodeSlice({
       size: iommu_hwpt_alloc.size, flags: request.flags ?? 0, dev_id: request.devId, pt_id: request.ptId,
       data_type: request.dataType ?? uapi.IOMMU_HWPT_DATA_NONE, data_len: request.data?.byteLength ?? 0,
       data_uptr: pointers.pointer(request.data),
@@ -233,7 +233,7 @@ export class LinuxIommufd implements IommufdHandle {
     if (this.validate) checkU32('devId', devId);
     const data = structBytes(HW_INFO_DATA_BYTES);
     const pointers = this.io.pointers();
-    const s = iommu_hw_info.encode({ size: iommu_hw_info.size, dev_id: devId, data_len: data.byteLength, data_uptr: pointers.pointer(data) });
+    const s = iommu_hw_info.encodeSlice({ size: iommu_hw_info.size, dev_id: devId, data_len: data.byteLength, data_uptr: pointers.pointer(data) });
     this.issue('IOMMU_GET_HW_INFO', uapi.IOMMU_GET_HW_INFO, s, { dev_id: devId }, pointers);
     const length = Math.min(iommu_hw_info.readNumber(s, 'data_len'), data.byteLength);
     return {
@@ -246,7 +246,7 @@ export class LinuxIommufd implements IommufdHandle {
 
   hwptSetDirtyTracking(hwptId: number, enable: boolean): void {
     if (this.validate) checkU32('hwptId', hwptId);
-    const s = iommu_hwpt_set_dirty_tracking.encode({
+    const s = iommu_hwpt_set_dirty_tracking.encodeSlice({
       size: iommu_hwpt_set_dirty_tracking.size, flags: enable ? uapi.IOMMU_HWPT_DIRTY_TRACKING_ENABLE : 0, hwpt_id: hwptId,
     });
     this.issue('IOMMU_HWPT_SET_DIRTY_TRACKING', uapi.IOMMU_HWPT_SET_DIRTY_TRACKING, s, { hwpt_id: hwptId, enable: enable ? 1 : 0 });
@@ -260,7 +260,7 @@ export class LinuxIommufd implements IommufdHandle {
     // iommufd_check_iova_range refuses a zero length or page size before the bitmap is touched.
     checkBitmapHeld('dirty bitmap', request, true);
     const pointers = this.io.pointers();
-    const s = iommu_hwpt_get_dirty_bitmap.encode({
+    const s = iommu_hwpt_get_dirty_bitmap.encodeSlice({
       size: iommu_hwpt_get_dirty_bitmap.size, hwpt_id: request.hwptId,
       flags: request.noClear ? uapi.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR : 0,
       iova: request.iova, length: request.length, page_size: request.pageSize, data: pointers.wordPointer('dirty bitmap.bitmap', request.bitmap),
@@ -339,7 +339,7 @@ class LinuxIommufdTestOps implements IommufdTestOps {
     extra: Record<string, number | bigint | string> = {},
     pointers?: ReturnType<IoctlIssuer['pointers']>,
   ): Uint8Array {
-    const s = iommu_test_cmd.encode({ size: iommu_test_cmd.size, op, id });
+    const s = iommu_test_cmd.encodeSlice({ size: iommu_test_cmd.size, op, id });
     fill(s);
     this.iommufd.issue('IOMMU_TEST_CMD', uapi.IOMMU_TEST_CMD, s, { op: opName, id, ...extra }, pointers);
     return s;
