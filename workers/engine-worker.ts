@@ -6,12 +6,15 @@ import { parentPort, threadId, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { instantiate } from '../src/engine/module.js';
+import { pinThreadToSlot, threadCpus } from '../src/engine/affinity.js';
 
 export interface EngineWorkerData {
   module: WebAssembly.Module;
   memory: WebAssembly.Memory;
   /** Address of the lookup tables the host built. */
   tables: number;
+  /** Pin this worker to the CPU of this slot (see src/engine/affinity.ts); undefined: leave it to the scheduler. */
+  pinToSlot?: number;
 }
 
 export interface ScanStep {
@@ -28,6 +31,7 @@ if (!parentPort || !data?.memory || !data.module) {
   throw new Error('engine-worker must be started by the engine pool with a module and a shared memory');
 }
 const memory = data.memory;
+const pinnedCpu = data.pinToSlot === undefined ? undefined : pinThreadToSlot(data.pinToSlot);
 const kernels = instantiate(data.module, memory);
 kernels.setTables(data.tables);
 
@@ -45,6 +49,11 @@ function exitIfFaulted(result: number): number {
 const api = {
   ping(): number {
     return threadId;
+  },
+
+  /** The CPU this worker was pinned to, and the CPUs it may run on now. */
+  affinity(): { pinned: number | undefined; cpus: number[] | undefined } {
+    return { pinned: pinnedCpu, cpus: threadCpus() };
   },
 
   merge(dst: number, sources: number[], list: number, firstWord: number, words: number, lastBits: number): void {

@@ -38,6 +38,12 @@ export interface EngineOptions {
   inlineUpToBytes?: number | Partial<Record<EngineCall, number>>;
   /** Which build of the module to load (default release). */
   wasm?: WasmFlavour;
+  /**
+   * Pin worker i to the i-th CPU the process may run on (default true, on Linux; elsewhere
+   * nothing happens). Workers woken together otherwise often share the waker's CPU for
+   * milliseconds; false leaves them to the scheduler.
+   */
+  pinWorkers?: boolean;
 }
 
 /** The engine calls that may run on the workers. */
@@ -161,7 +167,7 @@ export class Engine {
       work: scratch.offset + MAXIMUM_SOURCES * 4 + JOURNAL_BLOCK_WORDS * 8,
     });
     const pool = workers > 0
-      ? await WorkerPool.create({ size: workers, module, memory, arena, tables: TABLES_OFFSET, outputEntries })
+      ? await WorkerPool.create({ size: workers, module, memory, arena, tables: TABLES_OFFSET, outputEntries, pinWorkers: options.pinWorkers ?? true })
       : undefined;
     const engine = new Engine(memory, arena, exports, sync, pool, minimumShardBytes, inlineUpToBytes);
     await engine.#warmUp();
@@ -187,6 +193,7 @@ export class Engine {
   /** Test hooks for the pool's failure handling. */
   get testing(): {
     injectFault(slot: number, afterBlock: number): void; terminateWorker(slot: number): Promise<void>; workersStarted(): number;
+    workerAffinity(slot: number): Promise<{ pinned: number | undefined; cpus: number[] | undefined }>;
     /** Injected faults no journaled task has taken yet. */
     pendingFaults(): number;
     /** Workers replaced after dying mid-task (injected faults that fired, crashes). */
@@ -199,6 +206,7 @@ export class Engine {
       workersReplaced: () => pool.replaced,
       terminateWorker: (slot) => pool.terminateWorker(slot),
       workersStarted: () => pool.started,
+      workerAffinity: (slot: number) => pool.affinity(slot),
     };
   }
 

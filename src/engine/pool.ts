@@ -59,6 +59,8 @@ export interface PoolOptions {
   arena: Arena;
   tables: number;
   outputEntries: number;
+  /** Pin each worker to its own CPU (slot i to the i-th CPU the process may use). */
+  pinWorkers: boolean;
 }
 
 // Layout of a slot's private area.
@@ -112,7 +114,10 @@ export class WorkerPool {
   }
 
   #spawn(index: number, areas: ArenaBuffer, output: ArenaBuffer, generation: number): Slot {
-    const data: EngineWorkerData = { module: this.#options.module, memory: this.#options.memory, tables: this.#options.tables };
+    const data: EngineWorkerData = {
+      module: this.#options.module, memory: this.#options.memory, tables: this.#options.tables,
+      pinToSlot: this.#options.pinWorkers ? index : undefined,
+    };
     // Flags about the main script (--input-type, --eval...) are not valid for a worker.
     const execArgv = process.execArgv.filter((flag) => !/^--(input-type|eval|print)\b/.test(flag) && flag !== '-e' && flag !== '-p');
     const worker = new Worker(workerPath('engine-worker'), { workerData: data, execArgv });
@@ -193,6 +198,11 @@ export class WorkerPool {
   /** Workers replaced after dying mid-task. */
   get replaced(): number {
     return this.#replaced;
+  }
+
+  /** Test hook: the CPU a slot's worker was pinned to and the CPUs it may run on. */
+  async affinity(index: number): Promise<{ pinned: number | undefined; cpus: number[] | undefined }> {
+    return await this.#slot(index).api.affinity();
   }
 
   /** Test hook: kills a slot's worker now, as a crash would. */

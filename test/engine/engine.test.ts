@@ -3,7 +3,7 @@
 // redone exactly, bad input is refused before any work, the arena hands out
 // aligned zeroed buffers.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -214,6 +214,43 @@ describe('scans hand out chunks while the workers scan the next ones', () => {
     expect(pairs(got).sort((a, b) => a[0] - b[0])).toEqual(pairs(expected));
     first.free();
     second.free();
+  });
+});
+
+describe('worker CPUs', () => {
+  // The kernel's own account of where this process may run, not the library's.
+  function allowedCpus(): number[] {
+    const line = readFileSync('/proc/self/status', 'utf8').split('\n').find((l) => l.startsWith('Cpus_allowed_list:'))!;
+    return line.split(':')[1]!.trim().split(',').flatMap((part) => {
+      const [a, b] = part.split('-').map(Number);
+      return Array.from({ length: (b ?? a!) - a! + 1 }, (_, i) => a! + i);
+    });
+  }
+
+  test('each worker runs on a CPU of its own from the process\'s set; pinWorkers: false leaves them the whole set', async () => {
+    const allowed = allowedCpus();
+    const pinned = await Engine.create({ workers: 2 });
+    try {
+      const a = await pinned.testing.workerAffinity(0);
+      const b = await pinned.testing.workerAffinity(1);
+      if (allowed.length >= 2) {
+        expect(a.cpus).toEqual([a.pinned]);
+        expect(b.cpus).toEqual([b.pinned]);
+        expect(a.pinned).not.toBe(b.pinned);
+        expect(allowed).toContain(a.pinned);
+        expect(allowed).toContain(b.pinned);
+      } else {
+        expect(a.pinned).toBeUndefined();
+      }
+    } finally {
+      await pinned.close();
+    }
+    const free = await Engine.create({ workers: 2, pinWorkers: false });
+    try {
+      expect((await free.testing.workerAffinity(0)).pinned).toBeUndefined();
+    } finally {
+      await free.close();
+    }
   });
 });
 

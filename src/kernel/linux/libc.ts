@@ -1,4 +1,4 @@
-// The only module that imports koffi: libc's open/close/ioctl/mmap/munmap/pread/pwrite/read/write/fcntl, with
+// The library's system calls through koffi (src/engine/affinity.ts is the only other user, for worker CPUs): libc's open/close/ioctl/mmap/munmap/pread/pwrite/read/write/fcntl, with
 // errno read right after each call. Everything else in linux/ goes through `Syscalls`, so the
 // encoding logic can be unit-tested with recorded fixtures and no kernel.
 import { fstatSync } from 'node:fs';
