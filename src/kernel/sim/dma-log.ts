@@ -119,37 +119,21 @@ export class DmaLog {
    * of record(), in doubles when the write page size and the log page size divide each other.
    */
   recordPages(base: bigint, pageSize: bigint, indexes: ArrayLike<number>): void {
-    const logPage = this.activePageSize;
-    if (logPage === undefined) return;
-    const fast = base % logPage === 0n && (pageSize % logPage === 0n || logPage % pageSize === 0n);
-    if (!fast) {
-      for (let i = 0; i < indexes.length; i++) this.record(base + BigInt(indexes[i]!) * pageSize, pageSize);
-      return;
-    }
-    const basePage = Number(base / logPage);
-    const perWrite = pageSize >= logPage ? Number(pageSize / logPage) : 0;
-    const writesPerPage = pageSize >= logPage ? 0 : Number(logPage / pageSize);
-    for (const range of this.tracked) {
-      const first = Number(range.firstPage);
-      const end = first + range.pages.size;
-      for (let i = 0; i < indexes.length; i++) {
-        const index = indexes[i]!;
-        const page = perWrite > 0 ? basePage + index * perWrite : basePage + Math.floor(index / writesPerPage);
-        const pages = perWrite > 0 ? perWrite : 1;
-        if (page + pages <= first || page >= end) continue;
-        // A write partly outside the range's pages is clipped, as record() does.
-        range.pages.setRange(Math.max(page, first) - first, Math.min(page + pages, end) - first);
-      }
-    }
+    this.recordSpans(base, pageSize, indexes, 1, indexes.length);
   }
 
   /** recordPages for runs: run i is pages [runs[2i], runs[2i] + runs[2i+1]) of `pageSize`. */
   recordRuns(base: bigint, pageSize: bigint, runs: ArrayLike<number>, count: number): void {
+    this.recordSpans(base, pageSize, runs, 2, count);
+  }
+
+  /** Span i starts at page at[stride * i]: at[2i + 1] pages when stride is 2, one when it is 1. */
+  private recordSpans(base: bigint, pageSize: bigint, at: ArrayLike<number>, stride: 1 | 2, count: number): void {
     const logPage = this.activePageSize;
     if (logPage === undefined) return;
     const fast = base % logPage === 0n && (pageSize % logPage === 0n || logPage % pageSize === 0n);
     if (!fast) {
-      for (let i = 0; i < count; i++) this.record(base + BigInt(runs[2 * i]!) * pageSize, BigInt(runs[2 * i + 1]!) * pageSize);
+      for (let i = 0; i < count; i++) this.record(base + BigInt(at[stride * i]!) * pageSize, (stride === 2 ? BigInt(at[2 * i + 1]!) : 1n) * pageSize);
       return;
     }
     const basePage = Number(base / logPage);
@@ -159,11 +143,12 @@ export class DmaLog {
       const first = Number(range.firstPage);
       const end = first + range.pages.size;
       for (let i = 0; i < count; i++) {
-        const start = runs[2 * i]!;
-        const after = start + runs[2 * i + 1]!;
+        const start = at[stride * i]!;
+        const after = start + (stride === 2 ? at[2 * i + 1]! : 1);
         // Log pages touched: a write smaller than a log page dirties the log page around it.
         const from = perWrite > 0 ? basePage + start * perWrite : basePage + Math.floor(start / writesPerPage);
         const to = perWrite > 0 ? basePage + after * perWrite : basePage + Math.floor((after - 1) / writesPerPage) + 1;
+        // A write partly outside the range's pages is clipped, as record() does.
         if (to <= first || from >= end) continue;
         range.pages.setRange(Math.max(from, first) - first, Math.min(to, end) - first);
       }

@@ -581,46 +581,21 @@ class DmaWriter {
   }
 
   writePages(base: bigint, pageSize: bigint, indexes: ArrayLike<number>): void {
-    const path = this.path;
-    const count = indexes.length;
-    // Fast path: an IOMMUFD translation where the pages fall in one area: number arithmetic only.
-    if (path && !('container' in path) && count > 0) {
-      const iopt = 'hwpt' in path ? path.hwpt.ioas.iopt : path.iopt;
-      const domain = 'hwpt' in path ? path.hwpt.domain : undefined;
-      let maxIndex = 0;
-      let minIndex = Number.MAX_SAFE_INTEGER;
-      for (let i = 0; i < count; i++) {
-        const value = indexes[i]!;
-        if (value > maxIndex) maxIndex = value;
-        if (value < minIndex) minIndex = value;
-      }
-      const first = base + BigInt(minIndex) * pageSize;
-      const end = base + BigInt(maxIndex + 1) * pageSize;
-      const area = iopt.areaAt(first);
-      const granule = domain?.granule ?? pageSize;
-      if (area && area.protection.write && end - 1n <= area.last && pageSize % granule === 0n && (first - area.iova) % granule === 0n) {
-        const log = this.device?.log;
-        const mapping = domain?.trackingEnabled ? domain.mapping(area) : undefined;
-        const perPage = Number(pageSize / granule);
-        const baseGranule = Number((base - area.iova) / granule);
-        if (mapping) {
-          for (let i = 0; i < count; i++) {
-            const k = baseGranule + indexes[i]! * perPage;
-            if (perPage === 1 && mapping.uniform) mapping.dirty.set(k);
-            else mapping.markDirty(k, k + perPage);
-          }
-        }
-        log?.recordPages(base, pageSize, indexes);
-        this.written += BigInt(count) * pageSize;
-        return;
-      }
-    }
-    for (let i = 0; i < count; i++) this.write(base + BigInt(indexes[i]!) * pageSize, pageSize);
+    this.writeSpans(base, pageSize, indexes, 1, indexes.length);
   }
 
-  /** writePages for runs (already checked): the same fast path, a run at a time. */
+  /** writePages for runs (already checked): run i is pages [runs[2i], runs[2i] + runs[2i+1]). */
   writeRuns(base: bigint, pageSize: bigint, runs: ArrayLike<number>, count: number): void {
+    this.writeSpans(base, pageSize, runs, 2, count);
+  }
+
+  /**
+   * `count` spans of pages: span i starts at page at[stride * i] and is at[2i + 1] pages long when
+   * stride is 2 (runs), one page when it is 1 (indexes).
+   */
+  private writeSpans(base: bigint, pageSize: bigint, at: ArrayLike<number>, stride: 1 | 2, count: number): void {
     const path = this.path;
+    // Fast path: an IOMMUFD translation where the pages fall in one area: number arithmetic only.
     if (path && !('container' in path) && count > 0) {
       const iopt = 'hwpt' in path ? path.hwpt.ioas.iopt : path.iopt;
       const domain = 'hwpt' in path ? path.hwpt.domain : undefined;
@@ -628,8 +603,8 @@ class DmaWriter {
       let maxEnd = 0;
       let pages = 0;
       for (let i = 0; i < count; i++) {
-        const start = runs[2 * i]!;
-        const end = start + runs[2 * i + 1]!;
+        const start = at[stride * i]!;
+        const end = start + (stride === 2 ? at[2 * i + 1]! : 1);
         if (start < minStart) minStart = start;
         if (end > maxEnd) maxEnd = end;
         pages += end - start;
@@ -643,17 +618,23 @@ class DmaWriter {
         if (mapping) {
           const perPage = Number(pageSize / granule);
           const baseGranule = Number((base - area.iova) / granule);
+          const single = stride === 1 && perPage === 1 && mapping.uniform;
           for (let i = 0; i < count; i++) {
-            const k = baseGranule + runs[2 * i]! * perPage;
-            mapping.markDirty(k, k + runs[2 * i + 1]! * perPage);
+            const k = baseGranule + at[stride * i]! * perPage;
+            if (single) mapping.dirty.set(k);
+            else mapping.markDirty(k, k + (stride === 2 ? at[2 * i + 1]! : 1) * perPage);
           }
         }
-        this.device?.log?.recordRuns(base, pageSize, runs, count);
+        const log = this.device?.log;
+        if (stride === 1) log?.recordPages(base, pageSize, at);
+        else log?.recordRuns(base, pageSize, at, count);
         this.written += BigInt(pages) * pageSize;
         return;
       }
     }
-    for (let i = 0; i < count; i++) this.write(base + BigInt(runs[2 * i]!) * pageSize, BigInt(runs[2 * i + 1]!) * pageSize);
+    for (let i = 0; i < count; i++) {
+      this.write(base + BigInt(at[stride * i]!) * pageSize, (stride === 2 ? BigInt(at[2 * i + 1]!) : 1n) * pageSize);
+    }
   }
 }
 
