@@ -22,11 +22,8 @@ export function pinThreadToSlot(slot: number): number | undefined {
       const set = libc.func('int sched_setaffinity(int pid, size_t size, const uint8_t *mask)');
       calls = { get: (p, s, m) => get(p, s, m) as number, set: (p, s, m) => set(p, s, m) as number };
     }
-    const allowed = new Uint8Array(MASK_BYTES);
-    if (calls.get(0, MASK_BYTES, allowed) !== 0) return undefined;
-    const cpus: number[] = [];
-    for (let cpu = 0; cpu < MASK_BYTES * 8; cpu++) if (allowed[cpu >> 3]! & (1 << (cpu & 7))) cpus.push(cpu);
-    if (cpus.length < 2) return undefined;
+    const cpus = threadCpus();
+    if (!cpus || cpus.length < 2) return undefined;
     const cpu = cpus[slot % cpus.length]!;
     const mask = new Uint8Array(MASK_BYTES);
     mask[cpu >> 3] = 1 << (cpu & 7);
@@ -36,7 +33,7 @@ export function pinThreadToSlot(slot: number): number | undefined {
   }
 }
 
-/** The CPUs this thread may run on now (for tests). */
+/** The CPUs this thread may run on now (after pinThreadToSlot loaded the calls; the tests read it). */
 export function threadCpus(): number[] | undefined {
   if (process.platform !== 'linux' || !calls) return undefined;
   const allowed = new Uint8Array(MASK_BYTES);

@@ -475,7 +475,7 @@ function makeWorkload(engine: Engine, kernel: BenchKernel, dst: ArenaBuffer, a: 
 }
 
 /** tinybench over one workload: median latency, after a warm-up pass. */
-async function measure(timeMs: number, minimumSamples: number, run: () => number | Promise<number>): Promise<{ medianMs: number; samples: number; last: number }> {
+export async function measure(timeMs: number, minimumSamples: number, run: () => number | Promise<number>): Promise<{ medianMs: number; samples: number; last: number }> {
   let last = 0;
   const bench = new Bench({ time: timeMs, iterations: minimumSamples, warmupIterations: 1, warmupTime: 0, throws: true });
   bench.add('kernel', async () => {

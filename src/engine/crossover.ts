@@ -4,10 +4,9 @@
 // size; below it their round trip costs more than the work they share. The
 // engine's defaults (DEFAULT_INLINE_UP_TO_BYTES) come from this measurement.
 import { availableParallelism, loadavg } from 'node:os';
-import { Bench } from 'tinybench';
 import type { ArenaBuffer } from './arena.js';
 import { ENGINE_CALLS, Engine, type EngineCall } from './engine.js';
-import { fillRandom } from './bench.js';
+import { fillRandom, measure } from './bench.js';
 
 export const DEFAULT_CROSSOVER_SIZES = [256 * 1024, 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024, 64 * 1024 * 1024];
 
@@ -41,21 +40,10 @@ export interface CrossoverOptions {
   onProgress?: (done: number, total: number, label: string) => void;
 }
 
-async function median(timeMs: number, run: () => Promise<unknown>): Promise<{ ms: number; samples: number }> {
-  const bench = new Bench({ time: timeMs, iterations: 5, warmupIterations: 2, warmupTime: 0, throws: true });
-  bench.add('call', async () => {
-    await run();
-  });
-  await bench.run();
-  const result = bench.tasks[0]!.result;
-  if (!result || !('latency' in result)) throw new Error('the crossover measurement did not complete');
-  return { ms: result.latency.p50 ?? result.latency.mean, samples: result.latency.samplesCount };
-}
-
 interface Buffers { dst: ArenaBuffer; a: ArenaBuffer; b: ArenaBuffer; pristine: Uint32Array }
 
 /** One call on `engine` over `bytes` of bitmap; the destination is restored before it. */
-function task(engine: Engine, call: EngineCall, buffers: Buffers, bytes: number): () => Promise<unknown> {
+function task(engine: Engine, call: EngineCall, buffers: Buffers, bytes: number): () => Promise<number | void> {
   const bits = bytes * 8;
   const { dst, a, b, pristine } = buffers;
   const restore = () => dst.u32().subarray(0, bytes / 4).set(pristine.subarray(0, bytes / 4));
@@ -123,9 +111,11 @@ export async function measureCrossover(options: CrossoverOptions = {}): Promise<
     for (const call of calls) {
       for (const size of sizes) {
         options.onProgress?.(done++, total, `${call} at ${size / 1024} KiB`);
-        const a = await median(timeMs, task(inline, call, here, size));
-        const b = await median(timeMs, task(pooled, call, there, size));
-        points.push({ call, sizeBytes: size, inlineMs: a.ms, workersMs: b.ms, workers, samples: Math.min(a.samples, b.samples) });
+        const mine = task(inline, call, here, size);
+        const theirs = task(pooled, call, there, size);
+        const a = await measure(timeMs, 5, async () => (await mine()) ?? 0);
+        const b = await measure(timeMs, 5, async () => (await theirs()) ?? 0);
+        points.push({ call, sizeBytes: size, inlineMs: a.medianMs, workersMs: b.medianMs, workers, samples: Math.min(a.samples, b.samples) });
       }
     }
     options.onProgress?.(total, total, 'done');
