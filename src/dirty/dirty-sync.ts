@@ -9,7 +9,7 @@ import { IommufdContainer } from '../vfio/iommufd-container.js';
 import { LegacyContainer } from '../vfio/legacy-container.js';
 import { MigrationBitmap, type BitmapPlacement, type DirtyRange, type MemoryRegion, type Reservation } from './migration-bitmap.js';
 import {
-  DeviceLoggingTracker, IommuTracker, Type1Tracker, loggingWindow, scratch,
+  DeviceLoggingTracker, IommuTracker, Type1Tracker, loggingWindow, rangesCover, scratch,
   type QueryFailure, type ScratchMerge, type Tracker, type TrackerContext,
 } from './trackers.js';
 
@@ -360,7 +360,7 @@ export class DirtySync {
         const window = this.windowFor(device);
         // DMA outside the logged ranges would never be reported: refuse before logging starts.
         for (const mapping of this.space.mappings) {
-          if (!window.some((r) => r.iova <= mapping.iova && mapping.iova + mapping.size <= r.iova + r.length)) {
+          if (!rangesCover(window, mapping.iova, mapping.size)) {
             throw new InvalidArgumentError('dmaLoggingRanges', `0x${mapping.iova.toString(16)}+0x${mapping.size.toString(16)} is mapped but outside the IOVA ranges ${device.name} would log DMA for`);
           }
         }

@@ -165,6 +165,11 @@ const U64_END = 1n << 64n;
  * The IOVA window DMA logging covers: the usable IOVA ranges, aligned inward to `pageSize` and
  * ending at most at 2^64 - pageSize (DMA_LOGGING_START refuses iova + length past ULONG_MAX).
  */
+/** True when one of `ranges` holds all of [iova, iova + size). */
+export function rangesCover(ranges: readonly DmaLoggingRange[], iova: bigint, size: bigint): boolean {
+  return ranges.some((r) => r.iova <= iova && iova + size <= r.iova + r.length);
+}
+
 export function loggingWindow(ranges: readonly IovaRange[], pageSize: bigint): DmaLoggingRange[] {
   const out: DmaLoggingRange[] = [];
   for (const r of ranges) {
@@ -201,7 +206,7 @@ export class DeviceLoggingTracker extends Tracker {
 
   /** True when logging covers all of [iova, iova + size). */
   covers(iova: bigint, size: bigint): boolean {
-    return this.ranges.some((r) => r.iova <= iova && iova + size <= r.iova + r.length);
+    return rangesCover(this.ranges, iova, size);
   }
 
   start(context: TrackerContext): void {
