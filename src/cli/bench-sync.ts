@@ -36,6 +36,12 @@ export interface SyncBenchResult {
   readonly samples: number;
   /** Pages the round found dirty (both implementations must agree in kind, not bit for bit: their random pages differ). */
   readonly dirtyPages: number;
+  /**
+   * The C reference only: it runs just before and just after ours (a shared machine drifts by
+   * tens of percent within minutes); its round median in each run. roundMs and phases are the
+   * medians of both runs' samples together.
+   */
+  readonly drift?: { readonly beforeMs: number; readonly afterMs: number };
 }
 
 /**
@@ -146,25 +152,39 @@ function buildReference(directory: string, notes: string[]): string | undefined 
   return binary;
 }
 
-function benchReference(binary: string, guestBytes: bigint, density: number, iterations: number): { result: SyncBenchResult; limit: SyncBenchLimit } {
+interface ReferenceRun {
+  roundSamplesMs: number[]; querySamplesMs: number[]; scanSamplesMs: number[];
+  roundMs: number; newlyDirtyPages: number; runs: number; readGBps: number; writeGBps: number;
+}
+
+function runReference(binary: string, guestBytes: bigint, density: number, iterations: number): ReferenceRun {
   // The guest's pages, without the x86 hole (the C side has one flat bitmap of the same size).
-  const pages = guestBytes / PAGE;
-  const run = spawnSync(binary, [String(pages), String(density), '2', String(Math.max(3, iterations)), '7'], { encoding: 'utf8', maxBuffer: 1 << 20 });
+  const run = spawnSync(binary, [String(guestBytes / PAGE), String(density), '2', String(Math.max(3, iterations)), '7'], { encoding: 'utf8', maxBuffer: 1 << 20 });
   if (run.status !== 0) throw new Error(`the C reference failed: ${run.stderr}`);
-  const out = JSON.parse(run.stdout.trim()) as {
-    roundMs: number; phases: RoundPhases; newlyDirtyPages: number; runs: number; samples: number; readGBps: number; writeGBps: number;
-  };
+  return JSON.parse(run.stdout.trim()) as ReferenceRun;
+}
+
+/** The C reference's runs before and after ours as one result: medians of all their samples. */
+function combineReference(guestBytes: bigint, density: number, runs: readonly ReferenceRun[]): { result: SyncBenchResult; limit: SyncBenchLimit } {
+  const pages = guestBytes / PAGE;
+  const all = (key: 'roundSamplesMs' | 'querySamplesMs' | 'scanSamplesMs') => runs.flatMap((r) => r[key]);
+  const last = runs[runs.length - 1]!;
   const bitmapBytes = Number((pages + 63n) / 64n) * 8;
   const bytesRead = bitmapBytes * 3; // two sources' kernel bitmaps and the migration bitmap
-  const bytesWritten = out.runs * 8;
+  const bytesWritten = last.runs * 8;
+  const readGBps = median(runs.map((r) => r.readGBps));
+  const writeGBps = median(runs.map((r) => r.writeGBps));
   return {
     result: {
-      guestBytes: Number(guestBytes), density, sources: 2, impl: 'c-reference', workers: 0, runs: out.runs,
-      roundMs: out.roundMs, phases: out.phases, samples: out.samples, dirtyPages: out.newlyDirtyPages,
+      guestBytes: Number(guestBytes), density, sources: 2, impl: 'c-reference', workers: 0, runs: last.runs,
+      roundMs: median(all('roundSamplesMs')),
+      phases: { queryMs: median(all('querySamplesMs')), mergeMs: 0, scanMs: median(all('scanSamplesMs')) },
+      samples: all('roundSamplesMs').length, dirtyPages: last.newlyDirtyPages,
+      drift: { beforeMs: runs[0]!.roundMs, afterMs: last.roundMs },
     },
     limit: {
-      guestBytes: Number(guestBytes), density, bytesRead, bytesWritten, readGBps: out.readGBps, writeGBps: out.writeGBps,
-      limitMs: (bytesRead / (out.readGBps * 1e9) + bytesWritten / (out.writeGBps * 1e9)) * 1e3,
+      guestBytes: Number(guestBytes), density, bytesRead, bytesWritten, readGBps, writeGBps,
+      limitMs: (bytesRead / (readGBps * 1e9) + bytesWritten / (writeGBps * 1e9)) * 1e3,
     },
   };
 }
@@ -181,12 +201,15 @@ export async function runSyncBench(options: { guests: bigint[]; densities: numbe
     const limits: SyncBenchLimit[] = [];
     for (const guest of options.guests) {
       for (const density of options.densities) {
+        // The reference just before and just after ours, so that drift of the machine shows and
+        // weighs on both sides alike.
+        const before = binary ? runReference(binary, guest, density, options.iterations) : undefined;
         for (const workers of workerCounts) {
           options.onStep?.(`${formatBytes(guest)} at ${(density * 100).toFixed(1)} %, ${workers} workers`);
           results.push(await benchOurs(guest, density, workers, options.iterations));
         }
-        if (binary) {
-          const reference = benchReference(binary, guest, density, options.iterations);
+        if (binary && before) {
+          const reference = combineReference(guest, density, [before, runReference(binary, guest, density, options.iterations)]);
           results.push(reference.result);
           limits.push(reference.limit);
         }
@@ -281,7 +304,8 @@ export function registerBenchSync(bench: Command): void {
         rows.push([
           formatBytes(ours.guestBytes), `${(ours.density * 100).toFixed(1)} %`, ours.workers === 0 ? '0 (calling thread)' : String(ours.workers), ours.roundMs.toFixed(1),
           `${ours.phases.queryMs.toFixed(1)} / ${ours.phases.mergeMs.toFixed(1)} / ${ours.phases.scanMs.toFixed(1)}`,
-          c ? c.roundMs.toFixed(1) : '-', c ? `${c.phases.queryMs.toFixed(1)} / ${c.phases.mergeMs.toFixed(1)} / ${c.phases.scanMs.toFixed(1)}` : '-',
+          c ? c.roundMs.toFixed(1) : '-', c?.drift ? `${c.drift.beforeMs.toFixed(1)} / ${c.drift.afterMs.toFixed(1)}` : '-',
+          c ? `${c.phases.queryMs.toFixed(1)} / ${c.phases.mergeMs.toFixed(1)} / ${c.phases.scanMs.toFixed(1)}` : '-',
           ratio?.roundRatio !== undefined ? `${ratio.roundRatio.toFixed(2)}x` : '-',
           ratio?.afterQueryRatio !== undefined ? `${ratio.afterQueryRatio.toFixed(2)}x` : '-',
           limit ? limit.limitMs.toFixed(1) : '-', limit ? `${(ours.roundMs / limit.limitMs).toFixed(2)}x` : '-',
@@ -289,9 +313,9 @@ export function registerBenchSync(bench: Command): void {
       }
       const m = report.machine;
       process.stdout.write(`${m.cpu}, ${m.cores} cores, node ${m.node}, ${m.gcc ?? 'no gcc'}; load ${m.loadAverage.start.toFixed(2)} -> ${m.loadAverage.end.toFixed(2)}\n`);
-      process.stdout.write('C: one thread. after query: merge, scan and hand-over only, without the kernels\' read-and-clear (the simulated kernel\'s in JS, the C one\'s in C). ' +
+      process.stdout.write('C: one thread, run just before and just after ours (its round median each time; C round ms: the median of both). after query: merge, scan and hand-over only, without the kernels\' read-and-clear (the simulated kernel\'s in JS, the C one\'s in C). ' +
         'limit: the bitmaps read and the runs written once, at the bandwidth the C side measured in this run.\n');
-      process.stdout.write(`${table(['guest', 'dirty/source', 'workers', 'round ms', 'query/merge/scan ms', 'C round ms', 'C query/merge/scan ms', 'ours / C', 'after query: ours / C', 'limit ms', 'ours / limit'], rows)}\n`);
+      process.stdout.write(`${table(['guest', 'dirty/source', 'workers', 'round ms', 'query/merge/scan ms', 'C round ms', 'C before / after ours', 'C query/merge/scan ms', 'ours / C', 'after query: ours / C', 'limit ms', 'ours / limit'], rows)}\n`);
       for (const note of report.notes) process.stdout.write(`note: ${note}\n`);
     });
 }

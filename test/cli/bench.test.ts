@@ -63,6 +63,11 @@ describe('vfio-iommufd bench sync', () => {
     const c = document.results.find((r: { impl: string }) => r.impl === 'c-reference');
     expect(ours.map((r: { workers: number }) => r.workers)).toEqual([0, 2]);
     expect(c.workers).toBe(0);
+    // The reference ran before and after ours (at least 3 rounds each): its medians are over both.
+    expect(c.samples).toBe(6);
+    expect(c.drift.beforeMs).toBeGreaterThan(0);
+    expect(c.drift.afterMs).toBeGreaterThan(0);
+    expect(c.roundMs).toBeGreaterThanOrEqual(Math.min(c.drift.beforeMs, c.drift.afterMs) * 0.5);
     // Both sides found the same amount of work: 2 sources at 1 % of 8 GiB less the collisions.
     for (const r of [...ours, c]) expect(Math.abs(r.dirtyPages / (2 * 0.01 * 2 ** 21) - 1)).toBeLessThan(0.05);
     expect(document.comparisons).toHaveLength(2);
