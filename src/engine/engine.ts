@@ -509,24 +509,37 @@ export class Engine {
   }
 
   async *#indexChunks(pool: WorkerPool, bitmap: BitmapLike, from: number, bits: number): AsyncGenerator<Uint32Array> {
-    let pending = this.#plan(from, bits).map((s) => ({ ...s, cursor: s.start }));
-    while (pending.length > 0) {
-      const steps = await this.#exclusive(() =>
+    type Cursor = Shard & { cursor: number };
+    const scan = (shards: Cursor[], into: 0 | 1) =>
+      this.#exclusive(() =>
         Promise.all(
-          pending.map((s) =>
+          shards.map((s) =>
             pool.run(s.slot, async (c) => {
-              const step = await c.api.scanIndices(bitmap.offset, s.cursor, s.end, c.output.offset, c.outputEntries * 2);
-              return { step, view: new Uint32Array(this.memory.buffer, c.output.offset, step.count) };
+              const out = c.chunks[into];
+              const step = await c.api.scanIndices(bitmap.offset, s.cursor, s.end, out, c.outputEntries * 2);
+              return { shard: s, step, view: new Uint32Array(this.memory.buffer, out, step.count) };
             }),
           ),
         ),
       );
-      for (let i = 0; i < pending.length; i++) {
-        const { step, view } = steps[i]!;
-        pending[i]!.cursor = step.cursor;
-        if (step.count > 0) yield view;
+    let batch = await scan(this.#plan(from, bits).map((s) => ({ ...s, cursor: s.start })), 0);
+    // Double buffered, as the run scan: while this thread hands out a batch, the workers scan
+    // the next one into their other chunk.
+    let into: 0 | 1 = 1;
+    for (;;) {
+      for (const { shard, step } of batch) shard.cursor = step.cursor;
+      const unfinished = batch.map((b) => b.shard).filter((s) => s.cursor < s.end);
+      const next = unfinished.length === 0 ? undefined : scan(unfinished, into);
+      next?.catch(() => undefined); // awaited below, or abandoned with the scan
+      try {
+        for (const { view } of batch) if (view.length > 0) yield view;
+      } finally {
+        // Leaving early waits for the prefetch: nothing reads the bitmap afterwards.
+        if (next) await next.then(() => undefined, () => undefined);
       }
-      pending = pending.filter((s) => s.cursor < s.end);
+      if (!next) return;
+      batch = await next;
+      into = into === 0 ? 1 : 0;
     }
   }
 

@@ -9,7 +9,7 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type ArenaBuffer, DEFAULT_INLINE_UP_TO_BYTES, Engine, EngineClosedError, EngineInputError } from '../../src/engine/index.js';
 import { packageRoot, workerPath } from '../../src/engine/module.js';
-import { referenceMergeAndCount, referenceResample, referenceScanRuns } from '../../src/engine/reference.js';
+import { referenceMergeAndCount, referenceResample, referenceScanIndices, referenceScanRuns } from '../../src/engine/reference.js';
 import { resampleGeometry } from '../../src/engine/resample.js';
 import { fillBuffer, firstDifference, snapshot } from './helpers.js';
 
@@ -197,6 +197,29 @@ describe('scans hand out chunks while the workers scan the next ones', () => {
     expect(chunks).toBeGreaterThan(8);
     const pairs = (flat: ArrayLike<number>) => Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i]!, flat[2 * i + 1]!] as const);
     expect(pairs(got).sort((a, b) => a[0] - b[0])).toEqual(pairs(expected));
+    map.free();
+  });
+
+  test('index chunks too: each stays as handed out while the workers fill their other chunk', async () => {
+    const bits = 64 * 1024 * 8;
+    const map = engine.arena.allocate(bits / 8, 64);
+    fillBuffer(map, 'half', 14);
+    const expected = referenceScanIndices(snapshot(map), 0, bits, Infinity).values;
+    const got: number[] = [];
+    const offsets = new Set<number>();
+    let chunks = 0;
+    for await (const chunk of engine.scanIndices(map, bits)) {
+      const copy = Array.from(chunk);
+      offsets.add(chunk.byteOffset);
+      if (chunks++ < 8) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        expect(Array.from(chunk)).toEqual(copy);
+      }
+      got.push(...copy);
+    }
+    // Two workers, each alternating between its two chunks: four places, not two.
+    expect(offsets.size).toBe(4);
+    expect(got.sort((a, b) => a - b)).toEqual(expected);
     map.free();
   });
 
