@@ -6,7 +6,8 @@
 // same number of calls per batch, and the median batch gives µs per call. Two more columns split
 // our overhead, both through the library's own koffi binding (Syscalls.ioctl): on a struct encoded
 // once (the koffi call and the kernel), and on a struct encoded afresh each call as the wrapper
-// does (adding the struct's allocation and encoding); the rest of ours is the wrapper's own work.
+// does (encodeSlice: a view cut from a slab, and the encoding); the rest of ours is the wrapper's
+// own work.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
@@ -36,7 +37,8 @@ const MARK_EVERY = 64n << 20n;
 
 /**
  * vfio-iommufd: the library's call (LinuxIommufd). koffi-ioctl: Syscalls.ioctl on a ready struct.
- * koffi-encode: Syscalls.ioctl on a struct encoded each call (uapi encode). c-reference: the C loop.
+ * koffi-encode: Syscalls.ioctl on a struct encoded each call as the wrapper does (uapi encodeSlice).
+ * c-reference: the C loop.
  */
 export type IoctlImpl = 'vfio-iommufd' | 'koffi-ioctl' | 'koffi-encode' | 'c-reference';
 
@@ -307,7 +309,7 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
 
     // IOMMU_OPTION get of RLIMIT_MODE (a global option: object 0).
     {
-      const encode = () => uapi.iommu_option.encode({
+      const encode = () => uapi.iommu_option.encodeSlice({
         size: uapi.iommu_option.size, option_id: uapi.IOMMU_OPTION_RLIMIT_MODE, op: uapi.IOMMU_OPTION_OP_GET, object_id: 0,
       });
       const s = encode();
@@ -325,7 +327,7 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
       const array = new Uint8Array(new ArrayBuffer(RANGES_CAPACITY * uapi.iommu_iova_range.size));
       const held = [array];
       const address = sys.address(array);
-      const encode = () => uapi.iommu_ioas_iova_ranges.encode({
+      const encode = () => uapi.iommu_ioas_iova_ranges.encodeSlice({
         size: uapi.iommu_ioas_iova_ranges.size, ioas_id: ioas, num_iovas: RANGES_CAPACITY, allowed_iovas: address,
       });
       const s = encode();
@@ -349,7 +351,7 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
       const held = [bitmap];
       const start = uapi.MOCK_APERTURE_START;
       const data = sys.address(bitmap);
-      const encode = () => uapi.iommu_hwpt_get_dirty_bitmap.encode({
+      const encode = () => uapi.iommu_hwpt_get_dirty_bitmap.encodeSlice({
         size: uapi.iommu_hwpt_get_dirty_bitmap.size, hwpt_id: hwpt, flags: 0, iova: start, length: size, page_size: BITMAP_PAGE, data,
       });
       const s = encode();
@@ -407,8 +409,8 @@ export async function runIoctlBench(options: IoctlBenchOptions = {}): Promise<Io
     notes.push(
       `${r.op} ${r.label}: ${r.oursOverC.toFixed(2)}x C, above the goal of ${IOCTL_GOAL_RATIO}x. Of the ${us(ours - c)} over C: ` +
       `${us(koffi - c)} koffi's call (Syscalls.ioctl on a ready struct, ${r.koffiOverC.toFixed(2)}x C: the variadic ioctl through koffi's trampoline), ` +
-      `${us(encoded - koffi)} a struct encoded afresh for each call (uapi StructLayout.encode: a new buffer whose backing store V8 allocates when koffi takes its address; ` +
-      `the library itself cuts its structs from a slab with encodeSlice), ${us(ours - encoded)} the rest of the wrapper (argument checks, decoding the answer` +
+      `${us(encoded - koffi)} a struct encoded for each call as the wrapper does (uapi encodeSlice: a view cut from a slab, the fields written), ` +
+      `${us(ours - encoded)} the rest of the wrapper (argument checks, the error's object IDs, decoding the answer` +
       `${r.op === 'IOMMU_IOAS_IOVA_RANGES' ? ', a new range array per call' : ''})` +
       (noisy ? ' (a part below 0 is the run\'s noise: the machine\'s speed changed between batches)' : '') +
       (r.koffiOverC > IOCTL_GOAL_RATIO ? `; koffi's call alone is above ${IOCTL_GOAL_RATIO}x C here, so no wrapper meets the goal on this machine.` : '.'),
@@ -451,7 +453,7 @@ export function formatIoctlReport(report: IoctlBenchReport): string {
     ]);
   }
   lines.push('ours: the library\'s call (LinuxIommufd); koffi ioctl: its Syscalls.ioctl on a struct encoded once (koffi and the kernel); ' +
-    'koffi + encode: the same on a struct encoded each call, as the wrapper does; C: src/cli/reference/ioctl-loop.c on the same fd.');
+    'koffi + encode: the same on a struct encoded each call, as the wrapper does (encodeSlice); C: src/cli/reference/ioctl-loop.c on the same fd.');
   lines.push(table(['ioctl', 'case', 'calls x batches', 'ours µs/call', 'koffi ioctl µs/call', 'koffi + encode µs/call', 'C µs/call', 'ours / C', 'koffi / C', `<= ${IOCTL_GOAL_RATIO}x`], rows));
   for (const note of report.notes) lines.push(`note: ${note}`);
   return lines.join('\n');
