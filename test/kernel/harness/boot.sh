@@ -39,7 +39,7 @@ q() { printf '%s=%q\n' "$1" "$2"; }
   q SELFTESTS_DIR "${SELFTESTS_DIR:-}"
   q SELFTEST_TIMEOUT "${SELFTEST_TIMEOUT:-1500}"
   q FAILNTH_TIMEOUT "${FAILNTH_TIMEOUT:-600}"
-  q SUITE_TIMEOUT "${SUITE_TIMEOUT:-900}"
+  q SUITE_TIMEOUT "${SUITE_TIMEOUT:-1500}"
   q VITEST_CONFIG "${VITEST_CONFIG:-vitest.kernel.config.ts}"
   q VITEST_ARGS "${VITEST_ARGS:-}"
   q GUEST_HUGEPAGES "${GUEST_HUGEPAGES:-160}"
@@ -52,7 +52,7 @@ for s in ${GUEST_STEPS//,/ }; do
   case $s in
     selftest) limit=$((limit + ${SELFTEST_TIMEOUT:-1500})) ;;
     failnth) limit=$((limit + ${FAILNTH_TIMEOUT:-600})) ;;
-    suite) limit=$((limit + ${SUITE_TIMEOUT:-900})) ;;
+    suite) limit=$((limit + ${SUITE_TIMEOUT:-1500})) ;;
   esac
 done
 limit=${BOOT_TIMEOUT:-$limit}

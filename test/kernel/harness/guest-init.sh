@@ -143,7 +143,7 @@ for step in ${GUEST_STEPS//,/ }; do
       (cd /tmp && run_step failnth "${FAILNTH_TIMEOUT:-600}" "$OUT/selftest-iommufd_fail_nth.tap" "$SELFTESTS_DIR/iommufd_fail_nth") ;;
     suite)
       # shellcheck disable=SC2086
-      (cd "$VFIO_IOMMUFD_REPO" && run_step suite "${SUITE_TIMEOUT:-900}" "$OUT/vitest.log" \
+      (cd "$VFIO_IOMMUFD_REPO" && run_step suite "${SUITE_TIMEOUT:-1500}" "$OUT/vitest.log" \
         "$VFIO_IOMMUFD_NODE" node_modules/vitest/vitest.mjs run --config "${VITEST_CONFIG:-vitest.kernel.config.ts}" \
         --configLoader=runner --reporter=default --reporter=json \
         --outputFile.json="$OUT/vitest.json" ${VITEST_ARGS:-}) ;;
