@@ -49,6 +49,13 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/** "name":[v0,v1,...], as one JSON member followed by a comma. */
+static void print_samples(const char *name, const double *v, int n) {
+  printf("\"%s\":[", name);
+  for (int i = 0; i < n; i++) printf("%s%.4f", i ? "," : "", v[i]);
+  printf("],");
+}
+
 #define CHUNK (1u << 20)
 
 int main(int argc, char **argv) {
@@ -168,13 +175,11 @@ int main(int argc, char **argv) {
     writes[it] = t2 - t1;
   }
   double bytes = (double)words * 8;
-  printf("{\"roundSamplesMs\":[");
-  for (int it = 0; it < iterations; it++) printf("%s%.4f", it ? "," : "", round[it]);
-  printf("],\"querySamplesMs\":[");
-  for (int it = 0; it < iterations; it++) printf("%s%.4f", it ? "," : "", query[it]);
-  printf("],\"scanSamplesMs\":[");
-  for (int it = 0; it < iterations; it++) printf("%s%.4f", it ? "," : "", scan[it]);
-  printf("],");
+  // Every sample (before median() sorts them), so runs before and after ours combine.
+  printf("{");
+  print_samples("roundSamplesMs", round, iterations);
+  print_samples("querySamplesMs", query, iterations);
+  print_samples("scanSamplesMs", scan, iterations);
   printf("\"roundMs\":%.4f,\"phases\":{\"queryMs\":%.4f,\"mergeMs\":%.4f,\"scanMs\":%.4f},\"newlyDirtyPages\":%llu,\"runs\":%llu,\"samples\":%d,"
          "\"readGBps\":%.3f,\"writeGBps\":%.3f,\"sink\":%llu}\n",
          median(round, iterations), median(query, iterations), median(merge, iterations), median(scan, iterations),
