@@ -5,7 +5,7 @@ export { linuxKernel, LinuxKernel } from './kernel/linux/index.js';
 export { KernelError, InvalidArgumentError, isKernelError } from './kernel/errors.js';
 export type {
   Kernel, KernelOptions, IommufdHandle, IommufdTestOps, DeviceHandle, LegacyContainerHandle, GroupHandle, HostMemory,
-  DeviceLocation, HwInfo, IovaRange, Type1Info, DeviceInfo, RegionInfo,
+  DeviceLocation, HwInfo, IovaRange, Type1Info, DeviceInfo, RegionInfo, ProcessMemory, ProcessMemoryBlock,
 } from './kernel/types.js';
 export {
   AddressSpace, AutoDomains, Container, Device, Hwpt, HostIommuInfo, IommufdContainer, LegacyContainer, VfioSetupError,
@@ -41,7 +41,8 @@ export type { RoundPhases, BitmapPlacement } from './dirty/index.js';
 export { Arena, ArenaBuffer } from './engine/index.js';
 export type { WasmFlavour } from './engine/module.js';
 export type { MergeCountScanRound, RunChunk, ResampleSpec, IovaRangeSetOptions, BitmapLike } from './engine/index.js';
-export { SimulatedHostMemory, SimulatedMockDevice, ChunkedBitmap } from './kernel/sim/index.js';
+export { SimulatedHostMemory, SimulatedMockDevice, ChunkedBitmap, KernelMemory, SharedRegion } from './kernel/sim/index.js';
+export type { ChunkOwner, SharedChunk } from './kernel/sim/index.js';
 export type { DmaResult, SimulatedObjectTable, SimulatedDeviceModel, ErrnoLike, FailNextOptions, IoctlCall, IoctlTrace } from './kernel/sim/index.js';
 export type { AllocateOptions } from './engine/index.js';
 export type { IoctlRecord } from './kernel/sim/index.js';

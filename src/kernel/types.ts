@@ -361,4 +361,25 @@ export interface Kernel {
   readonly systemPageSize?: bigint;
   /** Anonymous host memory for DMA mappings (mmap); held until released. */
   allocateHostMemory(length: bigint): HostMemory;
+  /**
+   * The process's bitmaps live in `memory` from now on: the kernel may keep state that its
+   * ioctls copy into those bitmaps in pages of it (handed out by `memory.allocate`). Only the
+   * simulated kernel has it: a real kernel reaches the caller's pages through its own mappings,
+   * while code in a JS process runs at memory speed only within one WebAssembly memory. Call the
+   * returned function when the memory goes away; the kernel moves its state out of it first.
+   */
+  shareProcessMemory?(memory: ProcessMemory): () => void;
+}
+
+/** A shared WebAssembly memory and its allocator, offered to the kernel (Kernel.shareProcessMemory). */
+export interface ProcessMemory {
+  readonly memory: WebAssembly.Memory;
+  /** `bytes` zeroed bytes at a 64-byte aligned offset of `memory`, or undefined when it has no room to spare. */
+  allocate(bytes: number): ProcessMemoryBlock | undefined;
+}
+
+export interface ProcessMemoryBlock {
+  readonly offset: number;
+  /** Gives the bytes back to the allocator (once). */
+  free(): void;
 }

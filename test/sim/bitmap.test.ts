@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { ChunkedBitmap, countBits, setBits, testBit } from '../../src/kernel/sim/index.js';
 import { clearBits } from '../../src/kernel/sim/bitmap.js';
 import { Xoshiro128 } from '../../src/kernel/sim/prng.js';
+import { KernelMemory } from '../../src/kernel/sim/kernel-memory.js';
 
 type Operation = { set: boolean; from: number; to: number };
 
@@ -156,24 +157,58 @@ describe('Xoshiro128 (xoshiro128** 1.1, SplitMix32-seeded)', () => {
 
 // The word-wise read-and-clear (GET_DIRTY_BITMAP and DMA logging reports when aligned) against
 // a boolean model: the destination gets the OR of its old bits and the range, the range is
-// cleared only when asked, and every other bit on both sides stays.
+// cleared only when asked, and every other bit on both sides stays. The same in each place the
+// kernel's words can be: its own arrays; a shared process memory that holds the destination too
+// (the WASM pass, which must have run); that memory with the destination elsewhere (the JS
+// loop); and chunks of both kinds, placed before and after the memory was shared.
+type Placement = 'own' | 'shared' | 'shared, destination elsewhere' | 'mixed';
+
+/** A shared memory with a bump allocator (a process's arena, as the kernel sees it), counting frees. */
+function processMemory(bytes = 64 << 20) {
+  const memory = new WebAssembly.Memory({ initial: bytes >>> 16, maximum: (bytes >>> 16) * 2, shared: true });
+  let next = 1 << 16;
+  const live = new Set<number>();
+  return {
+    memory,
+    live,
+    allocate(size: number) {
+      const offset = next;
+      if (offset + size > memory.buffer.byteLength) return undefined;
+      next = Math.ceil((offset + size) / 64) * 64;
+      live.add(offset);
+      return { offset, free: () => void live.delete(offset) };
+    },
+    /** A zeroed byte view of `size` bytes in the memory (the caller's bitmap). */
+    bytes(size: number): Uint8Array {
+      const block = this.allocate(size)!;
+      return new Uint8Array(memory.buffer, block.offset, size);
+    },
+  };
+}
+
 describe('ChunkedBitmap.orInto', () => {
   const bits = ChunkedBitmap.CHUNK_BITS * 2 + 96;
   test.prop([
     fc.array(fc.record({ from: fc.nat(bits), length: fc.nat(3000) }), { minLength: 1, maxLength: 12 }),
     fc.nat(Math.floor(bits / 32)), fc.nat(Math.floor(bits / 32)), fc.nat(Math.floor(bits / 32)), fc.boolean(), fc.nat(),
-  ], { numRuns: 60 })('ORs the range in, clears it when asked, and leaves the rest', (writes, fromWord, lengthWords, dstWord, clear, tailBits) => {
-    const source = new ChunkedBitmap(bits);
+    fc.constantFrom<Placement>('own', 'shared', 'shared, destination elsewhere', 'mixed'),
+  ], { numRuns: 80 })('ORs the range in, clears it when asked, and leaves the rest', (writes, fromWord, lengthWords, dstWord, clear, tailBits, placement) => {
+    const kernelMemory = new KernelMemory();
+    const process = processMemory();
+    if (placement !== 'own' && placement !== 'mixed') kernelMemory.share(process);
+    const source = new ChunkedBitmap(bits, kernelMemory);
     const model: boolean[] = new Array<boolean>(bits).fill(false);
-    for (const { from, length } of writes) {
+    writes.forEach(({ from, length }, index) => {
+      // Mixed: the first half of the writes before the memory is shared, the rest after.
+      if (placement === 'mixed' && index === Math.floor(writes.length / 2)) kernelMemory.share(process);
       const to = Math.min(bits, from + length);
       source.setRange(from, to);
       for (let i = from; i < to; i++) model[i] = true;
-    }
+    });
     const from = fromWord * 32;
     const to = Math.min(bits, from + lengthWords * 32 + (tailBits % 32));
     const dstBits = Math.ceil((to - from + dstWord * 32) / 32) * 32 + 64;
-    const dst = new Uint8Array(dstBits / 8);
+    const dst = placement === 'own' || placement === 'shared, destination elsewhere' ? new Uint8Array(dstBits / 8) : process.bytes(dstBits / 8);
     const random = new Xoshiro128(tailBits);
     for (let i = 0; i < dst.length; i++) dst[i] = random.nextBelow(256) & random.nextBelow(256);
     const before = Uint8Array.from(dst);
@@ -187,5 +222,70 @@ describe('ChunkedBitmap.orInto', () => {
       const expected = model[bit] === true && !(clear && bit >= from && bit < to);
       if (source.test(bit) !== expected) expect.fail(`source bit ${bit}: ${source.test(bit)}, expected ${expected}`);
     }
+    const passes = kernelMemory.current?.wasmPasses ?? 0;
+    if (placement === 'own') expect(source.sharedChunks).toBe(0);
+    if (placement === 'shared, destination elsewhere') expect(passes).toBe(0);
+  });
+});
+
+describe('ChunkedBitmap in a shared process memory', () => {
+  it('reads adjacent chunks into a bitmap of the same memory in one WASM pass', () => {
+    const kernelMemory = new KernelMemory();
+    const process = processMemory();
+    kernelMemory.share(process);
+    const bitmap = new ChunkedBitmap(ChunkedBitmap.CHUNK_BITS * 3, kernelMemory);
+    bitmap.set(ChunkedBitmap.CHUNK_BITS * 3 - 1); // chunk 2 first: its block lies before chunk 0's
+    bitmap.setRange(ChunkedBitmap.CHUNK_BITS - 7, ChunkedBitmap.CHUNK_BITS + 9); // chunks 0 and 1, adjacent blocks
+    const dst = process.bytes(ChunkedBitmap.CHUNK_BITS * 3 / 8);
+    expect(bitmap.orInto(0, ChunkedBitmap.CHUNK_BITS * 3 - 16, dst, 0, true)).toBe(true);
+    expect(kernelMemory.current!.wasmPasses).toBe(2); // chunks 0-1 together, then chunk 2 (not adjacent)
+    expect(countBits(dst)).toBe(16);
+    expect(bitmap.count()).toBe(1); // the last bit lies past the range
+    expect(bitmap.test(ChunkedBitmap.CHUNK_BITS * 3 - 1)).toBe(true);
+  });
+
+  it('moves its chunks back into its own arrays when the memory goes, bits unchanged, every block given back', () => {
+    const kernelMemory = new KernelMemory();
+    const process = processMemory();
+    const release = kernelMemory.share(process);
+    const bitmap = new ChunkedBitmap(ChunkedBitmap.CHUNK_BITS * 4, kernelMemory);
+    bitmap.setRange(5, 40);
+    bitmap.setRange(ChunkedBitmap.CHUNK_BITS * 3 + 1, ChunkedBitmap.CHUNK_BITS * 3 + 2);
+    expect(bitmap.sharedChunks).toBe(2);
+    expect(process.live.size).toBe(2);
+    release();
+    expect(bitmap.sharedChunks).toBe(0);
+    expect(process.live.size).toBe(0);
+    // The memory is overwritten after it went: the bitmap no longer reads it.
+    new Uint8Array(process.memory.buffer).fill(0xff);
+    const runs: [number, number][] = [];
+    bitmap.forEachSetRun(0, bitmap.size, (start, end) => runs.push([start, end]));
+    expect(runs).toEqual([[5, 40], [ChunkedBitmap.CHUNK_BITS * 3 + 1, ChunkedBitmap.CHUNK_BITS * 3 + 2]]);
+    // New chunks go to the kernel's own arrays now.
+    bitmap.set(ChunkedBitmap.CHUNK_BITS * 2);
+    expect(bitmap.sharedChunks).toBe(0);
+    release(); // idempotent
+  });
+
+  it('gives its blocks back on reset, and keeps its own arrays when the memory has no room', () => {
+    const kernelMemory = new KernelMemory();
+    const process = processMemory();
+    kernelMemory.share(process);
+    const bitmap = new ChunkedBitmap(ChunkedBitmap.CHUNK_BITS * 2, kernelMemory);
+    bitmap.setRange(0, ChunkedBitmap.CHUNK_BITS * 2);
+    expect(process.live.size).toBe(2);
+    bitmap.reset();
+    expect(process.live.size).toBe(0);
+    expect(bitmap.count()).toBe(0);
+    // A memory that refuses every allocation: the bitmap works as without one.
+    const full = new KernelMemory();
+    full.share({ memory: process.memory, allocate: () => undefined });
+    const own = new ChunkedBitmap(ChunkedBitmap.CHUNK_BITS, full);
+    own.setRange(3, 70);
+    expect(own.sharedChunks).toBe(0);
+    const dst = process.bytes(ChunkedBitmap.CHUNK_BITS / 8);
+    expect(own.orInto(0, ChunkedBitmap.CHUNK_BITS, dst, 0, true)).toBe(true);
+    expect(countBits(dst)).toBe(67);
+    expect(own.count()).toBe(0);
   });
 });

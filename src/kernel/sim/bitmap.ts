@@ -3,6 +3,7 @@
 // Dirty state must scale to a 1 TiB guest at 4 KiB pages (2^28 bits, 32 MiB), so it is a
 // bitmap of 32-bit words allocated lazily in chunks, never an object per page. Bit i of a
 // caller's bitmap is bit (i % 8) of byte (i / 8): the little-endian u64 layout of the uAPI.
+import type { ChunkOwner, KernelMemory, SharedChunk, SharedRegion } from './kernel-memory.js';
 
 /** Index of the lowest set bit of a non-zero 32-bit word. */
 export function lowestSetBit(word: number): number {
@@ -27,17 +28,25 @@ function wordMask(from: number, to: number): number {
  * never written costs nothing, so a 1 TiB guest that dirties 1% of its memory in one place
  * holds only the chunks it touched.
  */
-export class ChunkedBitmap {
+export class ChunkedBitmap implements ChunkOwner {
   static readonly CHUNK_SHIFT = 18;
   static readonly CHUNK_BITS = 1 << ChunkedBitmap.CHUNK_SHIFT;
   static readonly CHUNK_WORDS = ChunkedBitmap.CHUNK_BITS / 32;
 
   private readonly chunks = new Map<number, Uint32Array>();
+  /** The chunks placed in a memory the process shared (see kernel-memory.ts), by index. */
+  private readonly shared = new Map<number, SharedChunk>();
   /** Chunk indexes in ascending order, rebuilt after a chunk is added. */
   private sortedKeys: number[] | undefined = [];
 
-  constructor(readonly size: number) {
+  /** `memory`: where new chunks may be placed (a kernel's dirty state); without it, own arrays. */
+  constructor(readonly size: number, private readonly memory?: KernelMemory) {
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`bitmap size ${size} is not a safe integer`);
+  }
+
+  /** Chunks held in a shared process memory (for inspection and tests). */
+  get sharedChunks(): number {
+    return this.shared.size;
   }
 
   /** Bytes held by the allocated chunks. */
@@ -50,7 +59,9 @@ export class ChunkedBitmap {
     if (index === this.lastIndex) return this.lastChunk!;
     let chunk = this.chunks.get(index);
     if (!chunk) {
-      chunk = new Uint32Array(ChunkedBitmap.CHUNK_WORDS);
+      const placed = this.memory?.allocate(this, ChunkedBitmap.CHUNK_WORDS);
+      if (placed) this.shared.set(index, placed);
+      chunk = placed?.words ?? new Uint32Array(ChunkedBitmap.CHUNK_WORDS);
       this.chunks.set(index, chunk);
       this.sortedKeys = undefined;
     }
@@ -187,28 +198,63 @@ export class ChunkedBitmap {
     if (dstBit + (end - start) > dst.byteLength * 8) return false;
     // Int32 views: V8 keeps int32 values unboxed, while uint32 words above 2^31 become doubles.
     const out = new Int32Array(dst.buffer, dst.byteOffset, dst.byteLength >>> 2);
+    // Chunks placed in the memory `dst` is in go by WASM, neighbours (adjacent on both sides, as
+    // chunks written in ascending order are) in one pass: `pending` is the pass not yet done.
+    let region: SharedRegion | undefined;
+    let regionHolds = false;
+    let pendingDst = 0;
+    let pendingSrc = 0;
+    let pendingBytes = 0;
+    const flush = (): void => {
+      if (pendingBytes > 0) region!.orWords(pendingDst, pendingSrc, pendingBytes, clear);
+      pendingBytes = 0;
+    };
     for (const chunkIndex of this.chunksIn(start, end)) {
-      const words = this.chunks.get(chunkIndex)!;
-      const chunk = new Int32Array(words.buffer, words.byteOffset, words.length);
       const chunkStart = chunkIndex * ChunkedBitmap.CHUNK_BITS;
       const local = Math.max(start, chunkStart) - chunkStart;
       const localEnd = Math.min(end, chunkStart + ChunkedBitmap.CHUNK_BITS) - chunkStart;
       const fullEnd = localEnd >>> 5;
       const first = (dstBit + (chunkStart + local - start)) >>> 5;
       const firstWord = local >>> 5;
-      orWords(out, chunk, firstWord, fullEnd, first - firstWord);
-      if (clear) chunk.fill(0, firstWord, fullEnd);
-      const at = first + (fullEnd - firstWord);
+      const words = this.chunks.get(chunkIndex)!;
+      const placed = this.shared.get(chunkIndex);
+      if (placed && placed.region !== region) {
+        flush();
+        region = placed.region;
+        regionHolds = region.holds(dst);
+      }
+      if (placed && regionHolds) {
+        const dstAt = dst.byteOffset + first * 4;
+        const srcAt = placed.block.offset + firstWord * 4;
+        const bytes = (fullEnd - firstWord) * 4;
+        if (pendingBytes > 0 && dstAt === pendingDst + pendingBytes && srcAt === pendingSrc + pendingBytes) {
+          pendingBytes += bytes;
+        } else {
+          flush();
+          pendingDst = dstAt;
+          pendingSrc = srcAt;
+          pendingBytes = bytes;
+        }
+      } else {
+        flush();
+        const chunk = new Int32Array(words.buffer, words.byteOffset, words.length);
+        orWords(out, chunk, firstWord, fullEnd, first - firstWord);
+        if (clear) chunk.fill(0, firstWord, fullEnd);
+      }
+      // A partial last word (only the range's last chunk has one), after the whole words.
       const tail = localEnd & 31;
       if (tail !== 0) {
+        flush();
+        const at = first + (fullEnd - firstWord);
         const mask = wordMask(0, tail);
-        const value = (chunk[fullEnd]! & mask) >>> 0;
+        const value = (words[fullEnd]! & mask) >>> 0;
         if (value !== 0) {
           out[at] = (out[at]! | value) >>> 0;
-          if (clear) chunk[fullEnd] = (chunk[fullEnd]! & ~mask) >>> 0;
+          if (clear) words[fullEnd] = (words[fullEnd]! & ~mask) >>> 0;
         }
       }
     }
+    flush();
     return true;
   }
 
@@ -264,12 +310,28 @@ export class ChunkedBitmap {
     return total;
   }
 
-  /** Drops every chunk. */
+  /** Drops every chunk (and gives back those placed in a shared memory). */
   reset(): void {
+    for (const placed of this.shared.values()) placed.block.free();
+    for (const region of new Set([...this.shared.values()].map((placed) => placed.region))) region.owners.delete(this);
+    this.shared.clear();
     this.chunks.clear();
     this.lastIndex = -1;
     this.lastChunk = undefined;
     this.sortedKeys = [];
+  }
+
+  /** The shared memory `region` goes away: its chunks move into arrays of the bitmap's own, bits unchanged. */
+  evict(region: SharedRegion): void {
+    for (const [index, placed] of [...this.shared]) {
+      if (placed.region !== region) continue;
+      const copy = new Uint32Array(placed.words);
+      this.chunks.set(index, copy);
+      if (this.lastIndex === index) this.lastChunk = copy;
+      this.shared.delete(index);
+      placed.block.free();
+    }
+    region.owners.delete(this);
   }
 }
 

@@ -94,7 +94,7 @@ export class SimulatedDevice implements IommuDevice {
   ) {
     this.name = model.name;
     this.groupKey = group.key;
-    this.log = model.dmaLogging ? new DmaLog(model.dmaLogging) : undefined;
+    this.log = model.dmaLogging ? new DmaLog(model.dmaLogging, services?.kernelMemory) : undefined;
     if (model.migration && services) {
       this.migration = new SimulatedMigration(model.migration, { name: this.name, stateBytes: () => this.region(VFIO_PCI_BAR0_REGION_INDEX)! }, services);
     }

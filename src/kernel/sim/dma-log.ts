@@ -2,6 +2,7 @@
 // mlx5 or pds implements log_start / log_stop / log_read_and_clear: the device records every
 // page it writes inside the tracked ranges, at the page size it chose.
 import { ChunkedBitmap, setBits } from './bitmap.js';
+import type { KernelMemory } from './kernel-memory.js';
 import { fail } from './failure.js';
 import type { DmaLoggingModel } from './spec.js';
 
@@ -46,7 +47,8 @@ export class DmaLog {
   private tracked: TrackedRange[] = [];
   private activePageSize: bigint | undefined;
 
-  constructor(readonly model: DmaLoggingModel) {}
+  /** `memory`: where the logged pages may be kept (the kernel's memory); own arrays without it. */
+  constructor(readonly model: DmaLoggingModel, private readonly memory?: KernelMemory) {}
 
   get active(): boolean {
     return this.activePageSize !== undefined;
@@ -89,7 +91,7 @@ export class DmaLog {
         const firstPage = range.iova / pageSize;
         const pages = range.last / pageSize - firstPage + 1n;
         if (pages > BigInt(Number.MAX_SAFE_INTEGER)) fail('ENOMEM');
-        return { iova: range.iova, last: range.last, firstPage, pages: new ChunkedBitmap(Number(pages)) };
+        return { iova: range.iova, last: range.last, firstPage, pages: new ChunkedBitmap(Number(pages), this.memory) };
       });
     this.activePageSize = pageSize;
     return pageSize;
@@ -97,6 +99,7 @@ export class DmaLog {
 
   /** log_stop: stopping a log that is not running succeeds. */
   stop(): void {
+    for (const range of this.tracked) range.pages.reset();
     this.tracked = [];
     this.activePageSize = undefined;
   }

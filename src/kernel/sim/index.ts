@@ -16,6 +16,8 @@ export type { ErrnoLike, FailNextOptions, IoctlCall, IoctlRecord, IoctlTrace } f
 export { SimulatedHostMemory, HOST_PAGE_SIZES } from './host-memory.js';
 export { SimulatedMockDevice } from './iommufd.js';
 export { ChunkedBitmap, countBits, setBits, testBit } from './bitmap.js';
+export { KernelMemory, SharedRegion } from './kernel-memory.js';
+export type { ChunkOwner, SharedChunk } from './kernel-memory.js';
 export { Xoshiro128 } from './prng.js';
 export { GuestWorkload, GuestWorkloadSpec, WorkloadPatternSpec, guestWorkload } from './workload.js';
 export type { GuestWorkloadOptions, TruthComparison, WorkloadPattern, WorkloadStep } from './workload.js';

@@ -5,6 +5,7 @@
 // 4 KiB costs at most 32 MiB, only where written.
 import { ChunkedBitmap } from './bitmap.js';
 import { PAGE_SIZE } from './host-memory.js';
+import type { KernelMemory } from './kernel-memory.js';
 
 /** What the domain needs from an IOAS area to map it. */
 export interface MappedRange {
@@ -27,6 +28,8 @@ export interface DomainOptions {
   readonly dirtyOps: boolean;
   /** A kernel selftest mock domain (drivers/iommu/iommufd/selftest.c). */
   readonly mock: boolean;
+  /** Where the dirty bits may be placed (the kernel's memory); own arrays without it. */
+  readonly memory?: KernelMemory;
 }
 
 /** One IOPTE: its first granule and its size in granules, relative to the mapping. */
@@ -47,6 +50,7 @@ export class DomainMapping {
     readonly granule: bigint,
     pageSizes: readonly bigint[],
     largePagesDisabled: boolean,
+    memory?: KernelMemory,
   ) {
     const count = range.length / granule;
     if (count > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError('mapping too large for the simulator');
@@ -66,7 +70,7 @@ export class DomainMapping {
         const perIopte = Number(size / granule);
         return { granules: perIopte, phase: Number((range.iova / granule) % BigInt(perIopte)) };
       });
-    this.dirty = new ChunkedBitmap(this.granules);
+    this.dirty = new ChunkedBitmap(this.granules, memory);
   }
 
   /** True when every IOPTE is one granule: dirty bits map one to one onto pages. */
@@ -156,6 +160,7 @@ export class Domain {
   readonly apertureLast: bigint;
   readonly dirtyOps: boolean;
   readonly mock: boolean;
+  private readonly memory: KernelMemory | undefined;
   /** set_dirty_tracking(true) done: the IOMMU sets dirty bits on DMA writes. */
   trackingEnabled = false;
   private readonly mappings = new Map<object, DomainMapping>();
@@ -168,6 +173,7 @@ export class Domain {
     this.apertureLast = options.apertureLast;
     this.dirtyOps = options.dirtyOps;
     this.mock = options.mock;
+    this.memory = options.memory;
   }
 
   /** `pgsize_bitmap` as the kernel reports it. */
@@ -176,10 +182,12 @@ export class Domain {
   }
 
   map(key: object, range: MappedRange, largePagesDisabled: boolean): void {
-    this.mappings.set(key, new DomainMapping(range, this.granule, this.pageSizes, largePagesDisabled));
+    this.mappings.set(key, new DomainMapping(range, this.granule, this.pageSizes, largePagesDisabled, this.memory));
   }
 
   unmap(key: object): void {
+    // Unmapping drops the IOPTEs and their dirty bits; give back any shared pages they held.
+    this.mappings.get(key)?.dirty.reset();
     this.mappings.delete(key);
   }
 

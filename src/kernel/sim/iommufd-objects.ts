@@ -358,6 +358,7 @@ export class IommufdContext {
       apertureLast: iommu.apertureLast,
       dirtyOps: (flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING) !== 0,
       mock: device.mock,
+      memory: this.services.kernelMemory,
     });
   }
 

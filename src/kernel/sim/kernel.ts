@@ -11,6 +11,7 @@ import type {
   Kernel,
   KernelOptions,
   LegacyContainerHandle,
+  ProcessMemory,
 } from '../types.js';
 import { checkLength, checkU32 } from '../validate.js';
 import { SimulatedDevice, SimulatedDeviceFile, SimulatedVfioGroup } from './device.js';
@@ -20,6 +21,7 @@ import { HOST_PAGE_SIZES, HostAddressSpace, type SimulatedHostMemory } from './h
 import { maxBig, minBig, type Area, type IoPagetable } from './io-pagetable.js';
 import type { HwptObject, IommufdContext, IommuDevice, ObjectSnapshot } from './iommufd-objects.js';
 import { SimulatedIommufd, SimulatedMockDevice, mockIommuDevice, type IommufdHost } from './iommufd.js';
+import { KernelMemory } from './kernel-memory.js';
 import type { KernelServices } from './services.js';
 import { resolveDeviceSpecs, type SimulatedDeviceModel, type SimulatedDeviceSpecInput } from './spec.js';
 import { SimulatedGroup, SimulatedLegacyContainer, type Type1Host } from './type1.js';
@@ -105,6 +107,7 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
   readonly systemPageSize: bigint;
   readonly identity: object = this;
   readonly services: KernelServices = this;
+  readonly kernelMemory = new KernelMemory();
   readonly devices: readonly SimulatedDeviceModel[];
   readonly testOpsEnabled: boolean;
   private readonly hostPageSize: bigint;
@@ -355,6 +358,19 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
    * Simulated host memory: an address range that costs nothing, or with `content: true` real
    * bytes (at most MAXIMUM_CONTENT_BYTES per allocation) that DMA writes with data store into.
    */
+  /**
+   * Kernel.shareProcessMemory: from now on the dirty words of IOMMU domains and device DMA logs
+   * are placed in `process.memory` as they are first written, so a read-and-clear into a bitmap
+   * of that memory is one WASM pass. The returned function moves them back out (bits kept).
+   */
+  shareProcessMemory(process: ProcessMemory): () => void {
+    if (!(process?.memory instanceof WebAssembly.Memory) || !(process.memory.buffer instanceof SharedArrayBuffer)) {
+      throw new InvalidArgumentError('memory', 'must be a shared WebAssembly.Memory');
+    }
+    if (typeof process.allocate !== 'function') throw new InvalidArgumentError('allocate', 'must be a function');
+    return this.kernelMemory.share(process);
+  }
+
   allocateHostMemory(length: bigint, options?: { readonly pageSize?: bigint; readonly content?: boolean }): SimulatedHostMemory {
     checkLength('length', length);
     const pageSize = options?.pageSize ?? this.hostPageSize;

@@ -1,8 +1,11 @@
 // What the simulated kernel's parts need from the kernel as a whole: the ioctl entry point
 // (fault injection and tracing), file descriptors, and iommu group DMA ownership.
 import type { KernelObjects } from '../errors.js';
+import type { KernelMemory } from './kernel-memory.js';
 
 export interface KernelServices {
+  /** Where dirty-tracking state is kept (the process may share its memory for it). */
+  readonly kernelMemory: KernelMemory;
   /** The kernel's PAGE_SIZE (LOG_MAX_RANGES counts in it). */
   readonly systemPageSize: bigint;
   /**
