@@ -313,7 +313,7 @@ export function registerBenchSync(bench: Command): void {
       }
       const m = report.machine;
       process.stdout.write(`${m.cpu}, ${m.cores} cores, node ${m.node}, ${m.gcc ?? 'no gcc'}; load ${m.loadAverage.start.toFixed(2)} -> ${m.loadAverage.end.toFixed(2)}\n`);
-      process.stdout.write('C: one thread, run just before and just after ours (its round median each time; C round ms: the median of both). after query: merge, scan and hand-over only, without the kernels\' read-and-clear (the simulated kernel\'s in JS, the C one\'s in C). ' +
+      process.stdout.write('C: one thread, run just before and just after ours (its round median each time; C round ms: the median of both). after query: merge, scan and hand-over only, without the kernels\' read-and-clear (the simulated kernel\'s in WASM over the engine\'s memory, the C one\'s in C). ' +
         'limit: the bitmaps read and the runs written once, at the bandwidth the C side measured in this run.\n');
       process.stdout.write(`${table(['guest', 'dirty/source', 'workers', 'round ms', 'query/merge/scan ms', 'C round ms', 'C before / after ours', 'C query/merge/scan ms', 'ours / C', 'after query: ours / C', 'limit ms', 'ours / limit'], rows)}\n`);
       for (const note of report.notes) process.stdout.write(`note: ${note}\n`);

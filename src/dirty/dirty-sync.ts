@@ -1,7 +1,7 @@
 import { Engine, type ArenaBuffer, type ResampleSpec } from '../engine/index.js';
 import { InvalidArgumentError } from '../kernel/errors.js';
 import * as uapi from '../uapi/index.js';
-import type { DmaLoggingRange, HostMemory } from '../kernel/types.js';
+import type { DmaLoggingRange, HostMemory, ProcessMemory, ProcessMemoryBlock } from '../kernel/types.js';
 import type { AddressSpace, IovaSpan, MappingObserver } from '../vfio/address-space.js';
 import type { Mapping, UnmapBitmap } from '../vfio/container.js';
 import type { Device } from '../vfio/device.js';
@@ -122,6 +122,8 @@ class ConsumerError {
 export class DirtySync {
   private engine: Engine | undefined;
   private ownsEngine = false;
+  /** Ends the kernel's use of the engine's memory (Kernel.shareProcessMemory), when it has it. */
+  private unshareMemory: (() => void) | undefined;
   private bitmapStore: MigrationBitmap | undefined;
   private trackers: Tracker[] = [];
   private untracked: Device[] = [];
@@ -184,6 +186,9 @@ export class DirtySync {
       this.ownsEngine = !this.options.engine;
       try {
         this.bitmapStore = new MigrationBitmap(this.engine, pageSize, capacity);
+        // Before any tracker starts: the state it makes the kernel keep can then sit in the
+        // memory its bitmaps are read into.
+        this.unshareMemory = this.space.kernel.shareProcessMemory?.(kernelShare(this.engine));
         // In the address space's queue: no map, unmap, attach or detach is half done while the
         // mappings and devices are read and the observer joins.
         await this.space.exclusive(() => {
@@ -714,12 +719,50 @@ export class DirtySync {
     const errors = this.stopTrackers();
     this.detachObserver?.();
     this.detachObserver = undefined;
+    // The kernel moves its state out before the engine's memory can go.
+    try {
+      this.unshareMemory?.();
+    } catch (error) {
+      errors.push(error);
+    }
+    this.unshareMemory = undefined;
     this.bitmapStore?.close();
     this.bitmapStore = undefined;
     if (this.ownsEngine) await this.engine?.close();
     this.engine = undefined;
     if (errors.length) throw errors[0];
   }
+}
+
+/** The most of the engine's memory the kernel may hold: the migration bitmaps and scans come first. */
+const KERNEL_SHARE_BYTES = 1 << 30;
+
+/** The engine's memory as offered to the kernel: its arena, up to KERNEL_SHARE_BYTES. */
+function kernelShare(engine: Engine): ProcessMemory {
+  let held = 0;
+  return {
+    memory: engine.memory,
+    allocate(bytes: number): ProcessMemoryBlock | undefined {
+      if (held + bytes > KERNEL_SHARE_BYTES) return undefined;
+      let buffer: ArenaBuffer;
+      try {
+        buffer = engine.arena.allocate(bytes, 64);
+      } catch {
+        return undefined; // the arena is full: the kernel keeps its own arrays
+      }
+      held += buffer.byteLength;
+      let freed = false;
+      return {
+        offset: buffer.offset,
+        free() {
+          if (freed) return;
+          freed = true;
+          held -= buffer.byteLength;
+          buffer.free();
+        },
+      };
+    },
+  };
 }
 
 async function countBits(engine: Engine, buffer: ArenaBuffer, bits: number): Promise<number> {
