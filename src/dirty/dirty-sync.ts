@@ -421,6 +421,7 @@ export class DirtySync {
 
   private spec(merge: ScratchMerge, target: BitmapPlacement): ResampleSpec {
     const bitmap = this.bitmap;
+    bitmap.noteWritten(target);
     return {
       destination: target.buffer, destinationPageSize: bitmap.pageSize, destinationBit: target.bit, destinationBits: target.bits,
       source: merge.buffer, sourcePageSize: merge.pageSize, sourceBit: 0, sourceBits: merge.bits,
@@ -479,7 +480,10 @@ export class DirtySync {
     // DMA logging) write into their memory's bits where a mapping sits on a word; the rest into
     // scratch buffers, ORed in below. Newly dirty = the count after the round less before it.
     let before = 0;
-    for (const segment of bitmap.segments) if (segment.buffer && segment.usedBits) before += await countBits(engine, segment.buffer, segment.usedBits);
+    // A segment handed over in full and not written since holds nothing: no pass to count it.
+    for (const segment of bitmap.segments) {
+      if (segment.buffer && segment.usedBits && !segment.clean) before += await countBits(engine, segment.buffer, segment.usedBits);
+    }
     const merges: ScratchMerge[] = [];
     for (const tracker of this.trackers) tracker.query(context, placements, merges);
     if (this.untracked.length) for (const p of placements) bitmap.markPlacement(p);
@@ -545,6 +549,8 @@ export class DirtySync {
       throw error;
     }
     dirtyPages += clearHanded();
+    // Every run of every segment was handed over and cleared: nothing is left below usedBits.
+    for (const segment of bitmap.segments) if (segment.buffer) bitmap.handedOver(segment);
     bitmap.releaseIdle();
 
     const newly = Math.max(0, dirtyPages - before);

@@ -54,6 +54,12 @@ export interface Segment {
   buffer: ArenaBuffer | undefined;
   /** Bits in use: up to the end of the last region piece in the segment. */
   usedBits: number;
+  /**
+   * Known to hold no set bit below usedBits: since the last complete hand-over (or the
+   * allocation) nothing has written it, so a round's count before its query is 0 without a pass
+   * over the bitmap. Every writer clears it: view(), the mark calls, noteWritten().
+   */
+  clean: boolean;
 }
 
 /** Bits per segment: 2^31 (256 MiB of bitmap, 8 TiB of guest at 4 KiB pages). */
@@ -112,7 +118,7 @@ export class MigrationBitmap {
     }
     const bits = Number((pages + 63n) / 64n) * 64;
     this.bits = bits;
-    for (let base = 0; base < bits; base += SEGMENT_BITS) this.segments.push({ base, bits: Math.min(SEGMENT_BITS, bits - base), buffer: undefined, usedBits: 0 });
+    for (let base = 0; base < bits; base += SEGMENT_BITS) this.segments.push({ base, bits: Math.min(SEGMENT_BITS, bits - base), buffer: undefined, usedBits: 0, clean: true });
     this.free = [{ start: 0, end: bits }];
   }
 
@@ -131,6 +137,7 @@ export class MigrationBitmap {
       const buffer = this.engine.arena.allocate(segment.bits / 8, 64);
       buffer.bytes().fill(0);
       segment.buffer = buffer;
+      segment.clean = true;
     }
     return segment.buffer;
   }
@@ -149,6 +156,7 @@ export class MigrationBitmap {
   }
 
   private recomputeUsed(): void {
+    const before = this.segments.map((segment) => segment.usedBits);
     for (const segment of this.segments) segment.usedBits = 0;
     for (const region of this.regionList) {
       this.pieces(region.bit, region.span, (index, bit, bits) => {
@@ -156,6 +164,28 @@ export class MigrationBitmap {
         segment.usedBits = Math.max(segment.usedBits, bit + bits);
       });
     }
+    // Bits that come into use again may hold what a region released left behind.
+    this.segments.forEach((segment, index) => {
+      if (segment.usedBits !== before[index]) segment.clean = false;
+    });
+  }
+
+  /** The segment holding a placement's buffer is no longer known to be clean. */
+  private touch(buffer: ArenaBuffer): void {
+    for (const segment of this.segments) if (segment.buffer === buffer) segment.clean = false;
+  }
+
+  /** Something other than this class (a merge, a resample) wrote bits of the placement. */
+  noteWritten(placement: BitmapPlacement): void {
+    this.touch(placement.buffer);
+  }
+
+  /**
+   * Every set bit below the segment's usedBits was handed over and cleared, and nothing wrote
+   * it since (a round's scan and hand-over, without a failure).
+   */
+  handedOver(segment: Segment): void {
+    segment.clean = true;
   }
 
   /** Regions in bit order. */
@@ -265,6 +295,7 @@ export class MigrationBitmap {
 
   /** Sets every bit of a placement: all its pages are dirty. */
   markPlacement(placement: BitmapPlacement): void {
+    this.touch(placement.buffer);
     this.engine.sync.setRange(placement.buffer, placement.bit, placement.bit + placement.bits);
   }
 
@@ -276,7 +307,9 @@ export class MigrationBitmap {
   /** Sets bits [start, start + count) of the whole bitmap. */
   markBits(start: number, count: number): void {
     this.pieces(start, count, (segment, bit, bits) => {
-      this.engine.sync.setRange(this.segmentBuffer(segment), bit, bit + bits);
+      const buffer = this.segmentBuffer(segment);
+      this.segments[segment]!.clean = false;
+      this.engine.sync.setRange(buffer, bit, bit + bits);
     });
   }
 
@@ -328,6 +361,7 @@ export class MigrationBitmap {
   view(placement: BitmapPlacement): Uint8Array {
     if (placement.bit % 64 !== 0) throw new RangeError(`bit ${placement.bit} is not on a u64 word`);
     const buffer = placement.buffer;
+    this.touch(buffer);
     return new Uint8Array(buffer.arena.memory.buffer, buffer.offset + placement.bit / 8, Math.ceil(placement.bits / 64) * 8);
   }
 

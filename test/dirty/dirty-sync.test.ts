@@ -138,6 +138,33 @@ describe('DirtySync', () => {
     await finish(kernel, space, sync);
   });
 
+  it('counts bits that arrived between rounds as dirty before the round: newly dirty is only what the round added', async () => {
+    // A round after a full hand-over skips its count-before pass; anything written since must
+    // bring the count back.
+    const { kernel, space, sync } = await setup(
+      [{ name: 'nic0', iommuDirtyTracking: true }, { name: 'gpu0', dmaLogging: { pageSize: 4096n } }],
+      [[0n, 0x100000n], [0x200000n, 0x100000n]],
+    );
+    kernel.dmaWrite('nic0', 0x1000n, 0x1000n);
+    expect((await dirtyIovas(sync)).round).toMatchObject({ dirtyPages: 1, newlyDirtyPages: 1 });
+    kernel.dmaWrite('nic0', 0x205000n, 0x1000n); // read (NO_CLEAR) into the bitmap by the unmap
+    kernel.dmaWrite('gpu0', 0x20a000n, 0x1000n); // drained into the bitmap by the unmap
+    kernel.dmaWrite('nic0', 0x3000n, 0x1000n); // still in the kernel: this round's own
+    kernel.dmaWrite('gpu0', 0x1000n, 0x1000n); // sent in round 1, dirty again
+    await space.unmap({ iova: 0x200000n, size: 0x100000n });
+    expect((await dirtyIovas(sync)).round).toMatchObject({ dirtyPages: 4, newlyDirtyPages: 2 });
+    expect((await dirtyIovas(sync)).round).toMatchObject({ dirtyPages: 0, newlyDirtyPages: 0 });
+    // Pages the consumer gives back are dirty before the next round.
+    await sync.redirty({ memory: space.mappings[0]!.memory, offset: 0x4000n, length: 0x2000n });
+    kernel.dmaWrite('nic0', 0x5000n, 0x2000n);
+    expect((await dirtyIovas(sync)).round).toMatchObject({ dirtyPages: 3, newlyDirtyPages: 1 });
+    // New memory is marked all dirty when it is mapped, before the round.
+    await space.map({ iova: 0x200000n, size: 0x100000n });
+    kernel.dmaWrite('nic0', 0x8000n, 0x1000n);
+    expect((await dirtyIovas(sync)).round).toMatchObject({ dirtyPages: 0x101, newlyDirtyPages: 1 });
+    await finish(kernel, space, sync);
+  });
+
   it('a failed GET_DIRTY_BITMAP marks its range all dirty and says so, never skipping it', async () => {
     const { kernel, space, sync } = await setup([{ name: 'nic0', iommuDirtyTracking: true }], [[0n, 0x100000n], [0x200000n, 0x100000n]]);
     kernel.dmaWrite('nic0', 0x1000n, 0x1000n);
