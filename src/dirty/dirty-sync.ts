@@ -1,4 +1,4 @@
-import { Engine, type ArenaBuffer, type ResampleSpec } from '../engine/index.js';
+import { Engine, MAXIMUM_BYTES, type ArenaBuffer, type ResampleSpec } from '../engine/index.js';
 import { InvalidArgumentError } from '../kernel/errors.js';
 import * as uapi from '../uapi/index.js';
 import type { DmaLoggingRange, HostMemory, ProcessMemory, ProcessMemoryBlock } from '../kernel/types.js';
@@ -188,7 +188,7 @@ export class DirtySync {
         this.bitmapStore = new MigrationBitmap(this.engine, pageSize, capacity);
         // Before any tracker starts: the state it makes the kernel keep can then sit in the
         // memory its bitmaps are read into.
-        this.unshareMemory = this.space.kernel.shareProcessMemory?.(kernelShare(this.engine));
+        this.unshareMemory = this.space.kernel.shareProcessMemory?.(kernelShare(this.engine, capacityBitmapBytes(this.bitmapStore)));
         // In the address space's queue: no map, unmap, attach or detach is half done while the
         // mappings and devices are read and the observer joins.
         await this.space.exclusive(() => {
@@ -496,6 +496,9 @@ export class DirtySync {
       for (const merge of merges) context.failed(merge.tracker, merge.targets, error as Error);
     }
     const mergedAt = performance.now();
+    // A write while the runs are handed over (a consumer marking bits from onRuns) may leave bits
+    // behind the spans: then no segment is known clean after this round.
+    const writesBeforeScan = bitmap.writes;
 
     // Scan and hand over, segment by segment. Each chunk's span [first run start, last run end)
     // holds only its runs (and zeros): cleared once the consumer has taken the chunk.
@@ -550,7 +553,7 @@ export class DirtySync {
     }
     dirtyPages += clearHanded();
     // Every run of every segment was handed over and cleared: nothing is left below usedBits.
-    for (const segment of bitmap.segments) if (segment.buffer) bitmap.handedOver(segment);
+    if (bitmap.writes === writesBeforeScan) for (const segment of bitmap.segments) if (segment.buffer) bitmap.handedOver(segment);
     bitmap.releaseIdle();
 
     const newly = Math.max(0, dirtyPages - before);
@@ -740,30 +743,45 @@ export class DirtySync {
   }
 }
 
-/** The most of the engine's memory the kernel may hold: the migration bitmaps and scans come first. */
+/** The most of an engine's memory the kernel may hold. */
 const KERNEL_SHARE_BYTES = 1 << 30;
+/** What the engine keeps free beyond the migration bitmap's full capacity: scan outputs, scratch bitmaps. */
+const ENGINE_HEADROOM_BYTES = 512 << 20;
+/** Bytes of an engine's memory lent to kernels, by engine (several DirtySyncs may share one). */
+const lentBytes = new WeakMap<Engine, { held: number }>();
 
-/** The engine's memory as offered to the kernel: its arena, up to KERNEL_SHARE_BYTES. */
-function kernelShare(engine: Engine): ProcessMemory {
-  let held = 0;
+/** Bytes of every segment of the migration bitmap, allocated or not (they are allocated as regions need them). */
+function capacityBitmapBytes(bitmap: MigrationBitmap): number {
+  return bitmap.segments.reduce((total, segment) => total + segment.bits / 8, 0);
+}
+
+/**
+ * The engine's memory as offered to the kernel: its arena, up to KERNEL_SHARE_BYTES per engine
+ * and never into the room the migration bitmap may still need at its full capacity.
+ */
+function kernelShare(engine: Engine, bitmapBytes: number): ProcessMemory {
+  let lent = lentBytes.get(engine);
+  if (!lent) lentBytes.set(engine, (lent = { held: 0 }));
+  const account = lent;
+  const limit = Math.max(0, Math.min(KERNEL_SHARE_BYTES, MAXIMUM_BYTES - bitmapBytes - ENGINE_HEADROOM_BYTES));
   return {
     memory: engine.memory,
     allocate(bytes: number): ProcessMemoryBlock | undefined {
-      if (held + bytes > KERNEL_SHARE_BYTES) return undefined;
+      if (account.held + bytes > limit) return undefined;
       let buffer: ArenaBuffer;
       try {
         buffer = engine.arena.allocate(bytes, 64);
       } catch {
         return undefined; // the arena is full: the kernel keeps its own arrays
       }
-      held += buffer.byteLength;
+      account.held += buffer.byteLength;
       let freed = false;
       return {
         offset: buffer.offset,
         free() {
           if (freed) return;
           freed = true;
-          held -= buffer.byteLength;
+          account.held -= buffer.byteLength;
           buffer.free();
         },
       };

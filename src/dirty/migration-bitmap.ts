@@ -166,12 +166,23 @@ export class MigrationBitmap {
     }
     // Bits that come into use again may hold what a region released left behind.
     this.segments.forEach((segment, index) => {
-      if (segment.usedBits !== before[index]) segment.clean = false;
+      if (segment.usedBits !== before[index]) {
+        segment.clean = false;
+        this.writeCount++;
+      }
     });
   }
 
+  /** Writes (and changes of bits in use) so far: a round that saw none during its scan may call handedOver. */
+  get writes(): number {
+    return this.writeCount;
+  }
+
+  private writeCount = 0;
+
   /** The segment holding a placement's buffer is no longer known to be clean. */
   private touch(buffer: ArenaBuffer): void {
+    this.writeCount++;
     for (const segment of this.segments) if (segment.buffer === buffer) segment.clean = false;
   }
 
@@ -309,6 +320,7 @@ export class MigrationBitmap {
     this.pieces(start, count, (segment, bit, bits) => {
       const buffer = this.segmentBuffer(segment);
       this.segments[segment]!.clean = false;
+      this.writeCount++;
       this.engine.sync.setRange(buffer, bit, bit + bits);
     });
   }

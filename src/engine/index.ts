@@ -10,4 +10,4 @@ export { IovaRangeSet, type IovaRangeSetOptions, type Mapping } from './range-se
 export type { ResampleSpec } from './resample.js';
 export type { BitmapLike } from './validate.js';
 export { EngineInputError, EngineWorkerError, EngineClosedError } from './errors.js';
-export { INDEX_SLACK, MAXIMUM_BITS } from './layout.js';
+export { INDEX_SLACK, MAXIMUM_BITS, MAXIMUM_BYTES } from './layout.js';

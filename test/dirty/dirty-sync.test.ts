@@ -158,6 +158,15 @@ describe('DirtySync', () => {
     await sync.redirty({ memory: space.mappings[0]!.memory, offset: 0x4000n, length: 0x2000n });
     kernel.dmaWrite('nic0', 0x5000n, 0x2000n);
     expect((await dirtyIovas(sync)).round).toMatchObject({ dirtyPages: 3, newlyDirtyPages: 1 });
+    // Bits marked while the round hands its runs over: the segment is not taken as clean after.
+    kernel.dmaWrite('nic0', 0x9000n, 0x1000n);
+    let marked = false;
+    await sync.round({ onRuns: () => {
+      if (!marked) sync.bitmap.markBits(sync.regions[0]!.bit + 0xc, 1); // page 0xc000, outside the run's span
+      marked = true;
+    } });
+    kernel.dmaWrite('nic0', 0xd000n, 0x1000n);
+    expect((await dirtyIovas(sync)).round).toMatchObject({ dirtyPages: 2, newlyDirtyPages: 1 });
     // New memory is marked all dirty when it is mapped, before the round.
     await space.map({ iova: 0x200000n, size: 0x100000n });
     kernel.dmaWrite('nic0', 0x8000n, 0x1000n);

@@ -134,6 +134,29 @@ describe('Kernel.shareProcessMemory on the simulated kernel', () => {
     kernel.assertClean();
   });
 
+  it('a lender whose allocator throws or hands out a block outside its memory: the DMA is still logged, nothing is kept', async () => {
+    const freed: string[] = [];
+    const lenders = {
+      throws: { memory: engine.memory, allocate: () => { throw new Error('lender broke'); } },
+      misaligned: { memory: engine.memory, allocate: () => ({ offset: 2, free: () => void freed.push('misaligned') }) },
+      outside: { memory: engine.memory, allocate: () => ({ offset: engine.memory.buffer.byteLength, free: () => void freed.push('outside') }) },
+    };
+    for (const lender of Object.values(lenders)) {
+      const { kernel, space, sync } = await setup();
+      await sync.start();
+      const release = kernel.shareProcessMemory(lender);
+      kernel.dmaWrite('nic0', 0x1000n, 0x1000n);
+      kernel.dmaWrite('gpu0', (1n << 32n) + 0x2000n, 0x1000n);
+      expect(kernel.kernelMemory.current!.liveChunks).toBe(0);
+      expect(await pagesOf(sync)).toEqual([0x1000n, (1n << 32n) + 0x2000n]);
+      release();
+      await sync.stop();
+      await space.close();
+      kernel.assertClean();
+    }
+    expect(freed).toEqual(['misaligned', 'misaligned', 'outside', 'outside']); // the bad blocks went back
+  });
+
   it('an engine memory with no room to spare: the kernel keeps its own arrays and the rounds are the same', async () => {
     const { kernel, space, sync } = await setup();
     const refusing = { memory: engine.memory, allocate: () => undefined };

@@ -100,8 +100,25 @@ export class KernelMemory {
   allocate(owner: ChunkOwner, words: number): SharedChunk | undefined {
     const region = this.current;
     if (!region) return undefined;
-    const given = region.process.allocate(words * 4);
+    const bytes = words * 4;
+    let given: ProcessMemoryBlock | undefined;
+    try {
+      given = region.process.allocate(bytes);
+    } catch {
+      // The lender's failure is not the DMA's: the chunk is kept in the kernel's own array.
+      return undefined;
+    }
     if (!given) return undefined;
+    const offset: unknown = given.offset;
+    if (typeof offset !== 'number' || !Number.isInteger(offset) || offset % 4 !== 0 || offset < 0 || offset + bytes > region.process.memory.buffer.byteLength) {
+      // Not a block of the memory: never written to, and given back.
+      try {
+        given.free();
+      } catch {
+        // Nothing more to do with a lender that fails twice.
+      }
+      return undefined;
+    }
     region.owners.add(owner);
     region.chunksPlaced++;
     region.liveChunks++;

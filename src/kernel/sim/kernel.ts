@@ -355,10 +355,6 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
   }
 
   /**
-   * Simulated host memory: an address range that costs nothing, or with `content: true` real
-   * bytes (at most MAXIMUM_CONTENT_BYTES per allocation) that DMA writes with data store into.
-   */
-  /**
    * Kernel.shareProcessMemory: from now on the dirty words of IOMMU domains and device DMA logs
    * are placed in `process.memory` as they are first written, so a read-and-clear into a bitmap
    * of that memory is one WASM pass. The returned function moves them back out (bits kept).
@@ -371,6 +367,10 @@ export class SimulatedKernel implements Kernel, KernelServices, IommufdHost, Typ
     return this.kernelMemory.share(process);
   }
 
+  /**
+   * Simulated host memory: an address range that costs nothing, or with `content: true` real
+   * bytes (at most MAXIMUM_CONTENT_BYTES per allocation) that DMA writes with data store into.
+   */
   allocateHostMemory(length: bigint, options?: { readonly pageSize?: bigint; readonly content?: boolean }): SimulatedHostMemory {
     checkLength('length', length);
     const pageSize = options?.pageSize ?? this.hostPageSize;
