@@ -168,3 +168,102 @@ export function tunedMergeCountScan(dst: Uint32Array, source: Uint32Array, halfC
   }
   return { count, runs: tunedFinishRuns(state, halfCount << 5, out) };
 }
+
+/** The geometry a resample needs (resample.ts's ResampleGeometry without the offsets). */
+export interface TunedResampleGeometry {
+  dstStart: number;
+  dstEnd: number;
+  srcStart: number;
+  srcEnd: number;
+  /** log2(source page / destination page). */
+  shift: number;
+  /** In finer pages: where source bit 0 starts, relative to destination bit 0. */
+  delta: number;
+}
+
+/** Sets bits [from, to) of `map`; returns how many were clear. */
+function setRangeCounting(map: Uint32Array, from: number, to: number): number {
+  let count = 0;
+  let bit = from;
+  while (bit < to) {
+    const half = bit >>> 5;
+    const low = bit & 31;
+    const high = Math.min(32, low + (to - bit));
+    const mask = (high === 32 ? 0xffffffff : (1 << high) - 1) & ~((1 << low) - 1);
+    const old = map[half]!;
+    const added = mask & ~old;
+    if (added !== 0) {
+      map[half] = old | added;
+      count += popcount32(added);
+    }
+    bit += high - low;
+  }
+  return count;
+}
+
+/**
+ * Resample between page sizes (the geometry of assembly/resample.ts): destination bits in
+ * [dstStart, dstEnd) are set where a set source bit in [srcStart, srcEnd) overlaps them. Source
+ * halves that are zero are skipped; a coarse source sets each run of its set bits as one
+ * destination range, a fine source sets a coarse bit and skips the rest of its source bits.
+ * Returns the destination bits newly set.
+ */
+export function tunedResample(dst: Uint32Array, src: Uint32Array, g: TunedResampleGeometry): number {
+  let count = 0;
+  const firstHalf = g.srcStart >>> 5;
+  const endHalf = (g.srcEnd + 31) >>> 5;
+  if (g.shift >= 0) {
+    const rs = 2 ** g.shift;
+    // Source run [a, b) covers destination bits [a * rs + delta, b * rs + delta).
+    let runStart = -1;
+    let runEnd = -1;
+    const flush = (): void => {
+      if (runStart < 0) return;
+      const from = Math.max(g.dstStart, runStart * rs + g.delta);
+      const to = Math.min(g.dstEnd, runEnd * rs + g.delta);
+      if (from < to) count += setRangeCounting(dst, from, to);
+      runStart = -1;
+    };
+    for (let half = firstHalf; half < endHalf; half++) {
+      let x = src[half]!;
+      if (x === 0) continue;
+      const base = half << 5;
+      // Clip to [srcStart, srcEnd) in the first and last halves.
+      if (base < g.srcStart) x &= ~((1 << (g.srcStart - base)) - 1);
+      if (g.srcEnd - base < 32) x &= (1 << (g.srcEnd - base)) - 1;
+      while (x !== 0) {
+        const low = ctz32(x);
+        const rest = ~(x >>> low);
+        const length = rest === 0 ? 32 - low : Math.min(32 - low, ctz32(rest));
+        const start = base + low;
+        if (start === runEnd) runEnd = start + length;
+        else {
+          flush();
+          runStart = start;
+          runEnd = start + length;
+        }
+        x = length + low >= 32 ? 0 : x & ~((2 ** (low + length) - 1) >>> 0);
+      }
+    }
+    flush();
+    return count;
+  }
+  const rd = 2 ** -g.shift;
+  // Source bit s lies in destination bit floor((s + delta) / rd); after setting it, the rest of
+  // that destination page's source bits are skipped.
+  let s = g.srcStart;
+  while (s < g.srcEnd) {
+    const half = s >>> 5;
+    let x = src[half]! & ~((1 << (s & 31)) - 1);
+    if (x === 0) {
+      s = (half + 1) << 5;
+      continue;
+    }
+    const bit = (half << 5) + ctz32(x);
+    if (bit >= g.srcEnd) break;
+    const d = Math.floor((bit + g.delta) / rd);
+    if (d >= g.dstStart && d < g.dstEnd) count += setRangeCounting(dst, d, d + 1);
+    s = Math.max(bit + 1, (d + 1) * rd - g.delta);
+  }
+  return count;
+}

@@ -13,10 +13,10 @@ describe('bench engine', () => {
     expect(Object.keys(report).sort()).toEqual(['machine', 'memoryBandwidth', 'notes', 'results']);
     expect(report.memoryBandwidth.readGBps).toBeGreaterThan(0);
     expect(report.memoryBandwidth.rmwGBps).toBeGreaterThan(0);
-    const impls = hasGcc ? ['c-native', 'c-per-bit', 'c-x86-64-v2', 'js', 'js-oracle', 'wasm'] : ['js', 'js-oracle', 'wasm'];
+    const impls = hasGcc ? ['c-native', 'c-per-bit', 'c-x86-64-v2', 'js', 'wasm'] : ['js', 'wasm'];
     expect([...new Set(report.results.map((r) => r.impl))].sort()).toEqual(impls);
-    // The oracle runs only where no tuned JS exists; the per-bit C only for the scan to runs.
-    expect([...new Set(report.results.filter((r) => r.impl === 'js-oracle').map((r) => r.kernel))]).toEqual(['resample']);
+    // Every kernel has tuned JS (the oracle is the tests' only); the per-bit C only the scan to runs.
+    expect([...new Set(report.results.filter((r) => r.impl === 'js').map((r) => r.kernel))].sort()).toEqual([...BENCH_KERNELS].sort());
     if (hasGcc) expect([...new Set(report.results.filter((r) => r.impl === 'c-per-bit').map((r) => r.kernel))]).toEqual(['scan-runs']);
     expect([...new Set(report.results.map((r) => r.kernel))].sort()).toEqual([...BENCH_KERNELS].sort());
     expect([...new Set(report.results.filter((r) => r.impl === 'wasm').map((r) => r.workers))].sort()).toEqual([0, 1, 2]);

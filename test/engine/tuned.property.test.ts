@@ -4,10 +4,10 @@
 import { describe, expect } from 'vitest';
 import { fc, test } from '@fast-check/vitest';
 import {
-  referenceMergeAndCount, referencePopcount, referenceScanIndices, referenceScanRuns,
+  referenceMergeAndCount, referencePopcount, referenceResample, referenceScanIndices, referenceScanRuns,
 } from '../../src/engine/reference.js';
 import {
-  tunedMerge, tunedMergeAndCount, tunedMergeCountScan, tunedPopcount, tunedScanIndices, tunedScanRuns,
+  tunedMerge, tunedMergeAndCount, tunedMergeCountScan, tunedPopcount, tunedResample, tunedScanIndices, tunedScanRuns,
 } from '../../src/engine/tuned.js';
 
 const RUNS = Number(process.env.ENGINE_PROPERTY_RUNS ?? 200);
@@ -75,5 +75,24 @@ describe('tuned JS kernels', () => {
     const runs = allRuns(expected);
     expect(result.runs * 2).toBe(runs.length);
     expect(Array.from(out.subarray(0, 2 * result.runs))).toEqual(runs);
+  });
+
+  // Every geometry the kernel takes: coarse into fine and fine into coarse (up to 2^6 apart),
+  // equal pages, a source off the destination's alignment either way, both ranges clipped.
+  test.prop([
+    halvesArbitrary, halvesArbitrary, fc.integer({ min: -6, max: 6 }), fc.integer({ min: -300, max: 300 }),
+    fc.nat(), fc.nat(), fc.nat(), fc.nat(),
+  ], { numRuns: RUNS })('resample agrees with the reference', (src, dstInit, shift, delta, a, b, c, d) => {
+    const dst = dstInit.length >= 2 ? dstInit : new Uint32Array(4);
+    const srcBits = src.length * 32;
+    const dstBits = dst.length * 32;
+    const [srcStart, srcEnd] = [a % (srcBits + 1), b % (srcBits + 1)].sort((x, y) => x - y) as [number, number];
+    const [dstStart, dstEnd] = [c % (dstBits + 1), d % (dstBits + 1)].sort((x, y) => x - y) as [number, number];
+    const geometry = { dstStart, dstEnd, srcStart, srcEnd, shift, delta };
+    const expected = dst.slice();
+    const count = referenceResample(expected, src, geometry);
+    const actual = dst.slice();
+    expect(tunedResample(actual, src, geometry)).toBe(count);
+    expect(actual).toEqual(expected);
   });
 });
