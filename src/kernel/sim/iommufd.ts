@@ -426,18 +426,19 @@ export class SimulatedIommufd implements IommufdHandle {
 
 /**
  * iova_bitmap over __iommu_read_and_clear_dirty: walk the contiguous areas from `iova`, read and
- * clear each one's IOPTE dirty bits, set the caller's bits at `pageSize`. As in Linux 6.12 the
- * driver's errors are not propagated: a domain whose tracking is off, or a hole in the range,
- * ends the walk and the ioctl still succeeds.
+ * clear each one's IOPTE dirty bits, set the caller's bits at `pageSize`. As Linux 6.12.118 has it
+ * (iova_bitmap_for_each returns the walk's error): a domain whose tracking is off fails the first
+ * area's read_and_clear_dirty with EINVAL (every driver: `!tracking && dirty->bitmap`), and a hole
+ * fails the call with EINVAL after the areas before it were read and cleared.
  */
 function readDirty(hwpt: HwptObject, iova: bigint, length: bigint, pageSize: bigint, bitmap: Uint8Array, noClear: boolean): void {
   const bits = length / pageSize;
   if (BigInt(bitmap.byteLength) * 8n < bits) fail('EFAULT');
   const domain = hwpt.domain;
-  if (!domain.trackingEnabled) return;
   const granule = domain.granule;
   const last = iova + length - 1n;
   const run = hwpt.ioas.iopt.contiguousAreas(iova, last);
+  if (run.areas.length > 0 && !domain.trackingEnabled) fail('EINVAL');
   for (const area of run.areas) {
     const mapping = domain.mapping(area);
     if (!mapping) continue;
@@ -460,6 +461,8 @@ function readDirty(hwpt: HwptObject, iova: bigint, length: bigint, pageSize: big
       });
     }
   }
+  // !iopt_area_contig_done: the walk ended at a hole before the range did.
+  if (!run.done) fail('EINVAL');
 }
 
 /** The kernel's IOMMU_TEST_CMD ops (drivers/iommu/iommufd/selftest.c) on this iommufd. */
