@@ -352,6 +352,14 @@ static u64 resample16(u64 *dst, size_t dst_words, const u64 *src, int64_t src_bi
     u64 g;
     if (s >= 0 && s + 64 <= src_bits) memcpy(&g, (const char *)src + (s >> 3), 8), g >>= (s & 7);
     else g = fetch_bits(src, s, 0, src_bits);
+    /* As the engine does: a zero load (at least 57 source bits) leaves 56 / 4 words untouched. */
+    if (!g) {
+      size_t n = 56 / 4 - 1;
+      if (n > dst_words - j - 1) n = dst_words - j - 1;
+      j += n;
+      s += 4 * (int64_t)n;
+      continue;
+    }
     u64 m = table[g & 31];
     if (!m) continue;
     u64 old = dst[j];
