@@ -6,6 +6,8 @@
 // like with like. Bitmaps are Uint32Array views of little-endian u64 words, so
 // bit i is bit (i & 31) of half i >>> 5; every function takes whole words.
 
+import type { ReferenceResampleGeometry } from './reference.js';
+
 /** Set bits of a 32-bit value, SWAR. */
 function popcount32(value: number): number {
   let v = value - ((value >>> 1) & 0x55555555);
@@ -169,18 +171,6 @@ export function tunedMergeCountScan(dst: Uint32Array, source: Uint32Array, halfC
   return { count, runs: tunedFinishRuns(state, halfCount << 5, out) };
 }
 
-/** The geometry a resample needs (resample.ts's ResampleGeometry without the offsets). */
-export interface TunedResampleGeometry {
-  dstStart: number;
-  dstEnd: number;
-  srcStart: number;
-  srcEnd: number;
-  /** log2(source page / destination page). */
-  shift: number;
-  /** In finer pages: where source bit 0 starts, relative to destination bit 0. */
-  delta: number;
-}
-
 /** Sets bits [from, to) of `map`; returns how many were clear. */
 function setRangeCounting(map: Uint32Array, from: number, to: number): number {
   let count = 0;
@@ -208,7 +198,7 @@ function setRangeCounting(map: Uint32Array, from: number, to: number): number {
  * destination range, a fine source sets a coarse bit and skips the rest of its source bits.
  * Returns the destination bits newly set.
  */
-export function tunedResample(dst: Uint32Array, src: Uint32Array, g: TunedResampleGeometry): number {
+export function tunedResample(dst: Uint32Array, src: Uint32Array, g: ReferenceResampleGeometry): number {
   let count = 0;
   const firstHalf = g.srcStart >>> 5;
   const endHalf = (g.srcEnd + 31) >>> 5;
