@@ -5,6 +5,7 @@ import { ChunkedBitmap, countBits, setBits, testBit } from '../../src/kernel/sim
 import { clearBits } from '../../src/kernel/sim/bitmap.js';
 import { Xoshiro128 } from '../../src/kernel/sim/prng.js';
 import { KernelMemory } from '../../src/kernel/sim/kernel-memory.js';
+import { processMemory } from './process-memory.js';
 
 type Operation = { set: boolean; from: number; to: number };
 
@@ -162,29 +163,6 @@ describe('Xoshiro128 (xoshiro128** 1.1, SplitMix32-seeded)', () => {
 // (the WASM pass, which must have run); that memory with the destination elsewhere (the JS
 // loop); and chunks of both kinds, placed before and after the memory was shared.
 type Placement = 'own' | 'shared' | 'shared, destination elsewhere' | 'mixed';
-
-/** A shared memory with a bump allocator (a process's arena, as the kernel sees it), counting frees. */
-function processMemory(bytes = 64 << 20) {
-  const memory = new WebAssembly.Memory({ initial: bytes >>> 16, maximum: (bytes >>> 16) * 2, shared: true });
-  let next = 1 << 16;
-  const live = new Set<number>();
-  return {
-    memory,
-    live,
-    allocate(size: number) {
-      const offset = next;
-      if (offset + size > memory.buffer.byteLength) return undefined;
-      next = Math.ceil((offset + size) / 64) * 64;
-      live.add(offset);
-      return { offset, free: () => void live.delete(offset) };
-    },
-    /** A zeroed byte view of `size` bytes in the memory (the caller's bitmap). */
-    bytes(size: number): Uint8Array {
-      const block = this.allocate(size)!;
-      return new Uint8Array(memory.buffer, block.offset, size);
-    },
-  };
-}
 
 describe('ChunkedBitmap.orInto', () => {
   const bits = ChunkedBitmap.CHUNK_BITS * 2 + 96;

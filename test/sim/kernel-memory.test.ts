@@ -8,6 +8,7 @@ import { Engine } from '../../src/engine/index.js';
 import { InvalidArgumentError } from '../../src/kernel/errors.js';
 import { simulatedKernel } from '../../src/kernel/sim/index.js';
 import { AddressSpace } from '../../src/vfio/address-space.js';
+import { processMemory } from './process-memory.js';
 
 const PAGE = 4096n;
 let engine: Engine;
@@ -18,24 +19,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await engine.close();
 });
-
-/** A shared memory of its own with a bump allocator that counts live blocks. */
-function testMemory() {
-  const memory = new WebAssembly.Memory({ initial: 512, maximum: 512, shared: true });
-  let next = 1 << 16;
-  const live = new Set<number>();
-  return {
-    memory,
-    live,
-    allocate(bytes: number) {
-      if (next + bytes > memory.buffer.byteLength) return undefined;
-      const offset = next;
-      next += Math.ceil(bytes / 64) * 64;
-      live.add(offset);
-      return { offset, free: () => void live.delete(offset) };
-    },
-  };
-}
 
 async function setup(devices = [{ name: 'nic0', iommuDirtyTracking: true }, { name: 'gpu0', dmaLogging: { pageSize: 4096n } }]) {
   const kernel = simulatedKernel({ devices });
@@ -67,7 +50,7 @@ describe('Kernel.shareProcessMemory on the simulated kernel', () => {
     expect(() => kernel.shareProcessMemory({ memory: new WebAssembly.Memory({ initial: 1 }), allocate: () => undefined }))
       .toThrow(InvalidArgumentError);
     expect(() => kernel.shareProcessMemory({ memory: {} as WebAssembly.Memory, allocate: () => undefined })).toThrow(/shared WebAssembly.Memory/);
-    expect(() => kernel.shareProcessMemory({ memory: testMemory().memory, allocate: 5 as never })).toThrow(/allocate/);
+    expect(() => kernel.shareProcessMemory({ memory: processMemory(32 << 20).memory, allocate: 5 as never })).toThrow(/allocate/);
     expect(kernel.kernelMemory.current).toBeUndefined();
   });
 
@@ -113,7 +96,7 @@ describe('Kernel.shareProcessMemory on the simulated kernel', () => {
   it('a memory that goes while its chunks hold dirty bits: they move out first, and the next round reports them', async () => {
     const { kernel, space, sync } = await setup();
     await sync.start();
-    const other = testMemory();
+    const other = processMemory(32 << 20);
     const release = kernel.shareProcessMemory(other); // newer than the engine's: new chunks go here
     kernel.dmaWrite('nic0', 0x7000n, 0x1000n);
     kernel.dmaWrite('gpu0', 0x9000n, 0x3000n);
